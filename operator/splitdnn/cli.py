@@ -1,0 +1,248 @@
+"""The ``splitdnn`` command line: one typer app, thin wrappers over the library packages.
+
+Exit codes: 0 success, 1 a check failed (``verify`` above tolerance), 2 bad input (unknown
+model, invalid cut, malformed option) with a message on stderr naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from splitdnn.graph import (
+    GraphError,
+    ModelGraph,
+    analyse_model,
+    resolve_model,
+    split_model,
+    verify_blocks,
+)
+
+app = typer.Typer(
+    name="splitdnn",
+    help="Split one DNN into blocks across the nodes of an edge cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Tables stay readable when piped (rich would fall back to 80 columns).
+stdout = Console(width=None if sys.stdout.isatty() else 120)
+stderr = Console(stderr=True, soft_wrap=True)
+
+ModelArg = Annotated[str, typer.Argument(help="torchvision:NAME or a path to an .onnx file")]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option("--input-shape", help="Comma-separated input shape, e.g. 1,3,224,224"),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", help="State dict for a torchvision model (default: random, seed 0)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Emit one JSON object on stdout")]
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    """Parse ``1,3,224,224`` into integers or exit 2 naming the option."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        fail(f"{option}: expected comma-separated integers, got {text!r}")
+    return values
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print an error to stderr and exit with ``code``."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn graph errors into a one-line message and exit code 2."""
+    try:
+        yield
+    except GraphError as error:
+        fail(str(error))
+
+
+def load_graph(model: str, input_shape: str | None, weights: Path | None) -> ModelGraph:
+    """Resolve, export if needed, and analyse a model reference."""
+    shape = tuple(parse_int_list(input_shape, "--input-shape")) if input_shape else None
+    if shape is not None and any(size < 1 for size in shape):
+        fail(f"--input-shape: every dimension must be at least 1, got {input_shape!r}")
+    with stderr.status(f"loading {model} ..."):
+        resolved = resolve_model(model, input_shape=shape, weights=weights)
+        return analyse_model(resolved.onnx_path, resolved.input_shape, source=model)
+
+
+def human_bytes(size: int) -> str:
+    """``803 KB``-style sizes (decimal units, as the design notes use)."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def cut_point_table(graph: ModelGraph) -> Table:
+    """One row per segment: where it ends, what crosses the cut, cumulative cost."""
+    total = sum(layer.flops for layer in graph.layers) or 1
+    table = Table(title=f"{graph.source}: {len(graph.cut_points)} cut points, "
+                        f"{len(graph.segments)} segments")
+    for column in ("segment", "layers", "last op", "cut after", "output", "params", "MFLOPs",
+                   "cum. FLOPs"):
+        table.add_column(column, justify="left" if column == "last op" else "right")
+    done = 0
+    for segment in graph.segments:
+        done += segment.flops
+        last = graph.layers[segment.last_layer]
+        is_cut = segment.last_layer in graph.crossing
+        table.add_row(
+            str(segment.index),
+            f"{segment.first_layer}-{segment.last_layer}",
+            last.op_type,
+            str(segment.last_layer) if is_cut else "(output)",
+            human_bytes(segment.output_bytes),
+            human_bytes(segment.params_bytes),
+            f"{segment.flops / 1e6:.1f}",
+            f"{100 * done / total:.1f} %",
+        )
+    return table
+
+
+@app.command()
+def inspect(
+    model: ModelArg,
+    input_shape: InputShapeOpt = None,
+    weights: WeightsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the layers, cut points and segments of a model."""
+    with user_errors():
+        graph = load_graph(model, input_shape, weights)
+    if as_json:
+        print(json.dumps(graph.to_dict()))
+        return
+    stdout.print(
+        f"{graph.source}: input {graph.input.name} {list(graph.input.shape)} {graph.input.dtype}, "
+        f"{len(graph.layers)} layers, "
+        f"{sum(layer.flops for layer in graph.layers) / 1e9:.2f} GFLOPs, "
+        f"{human_bytes(sum(layer.params_bytes for layer in graph.layers))} of parameters",
+        highlight=False,
+    )
+    stdout.print(cut_point_table(graph))
+
+
+@app.command()
+def split(
+    model: ModelArg,
+    cuts: Annotated[str, typer.Option("--cuts", help="Cut after these layers: I,J,...")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for block_K.onnx + manifest")],
+    input_shape: InputShapeOpt = None,
+    weights: WeightsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the blocks between the given cut points and a manifest."""
+    cut_list = parse_int_list(cuts, "--cuts")
+    with user_errors():
+        graph = load_graph(model, input_shape, weights)
+        manifest = split_model(graph, cut_list, out)
+    if as_json:
+        print(json.dumps(manifest.data))
+        return
+    table = Table(title=f"{len(manifest.blocks)} blocks in {out}")
+    for column in ("block", "layers", "input", "output", "file size", "sha256"):
+        table.add_column(column)
+    for block in manifest.blocks:
+        table.add_row(
+            str(block["index"]),
+            f"{block['layers'][0]}-{block['layers'][1]}",
+            str(block["input"]["shape"]),
+            str(block["output"]["shape"]),
+            human_bytes(block["bytes"]),
+            block["sha256"][:12],
+        )
+    stdout.print(table)
+
+
+@app.command()
+def verify(
+    directory: Annotated[Path, typer.Argument(help="A directory written by `splitdnn split`")],
+    samples: Annotated[int, typer.Option(help="Random inputs to compare")] = 8,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance (as numpy.allclose)")] = 1e-5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole model and the chained blocks on random inputs and compare outputs."""
+    if not (directory / "manifest.json").is_file():
+        fail(f"{directory}: no manifest.json (expected a directory written by `splitdnn split`)")
+    with user_errors():
+        report = verify_blocks(directory, samples=samples, atol=atol, rtol=rtol)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+        stdout.print(
+            f"{verdict} {report.blocks} blocks vs whole model on {report.samples} samples: "
+            f"max abs error {report.max_abs_error:.3g}, max rel error {report.max_rel_error:.3g} "
+            f"(atol {atol:g}, rtol {rtol:g})",
+            highlight=False,
+        )
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def crds(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the CRD YAML files")] = Path(
+        "crds"
+    ),
+    chart: Annotated[
+        Path | None,
+        typer.Option("--chart", help="Helm chart whose templates/crds/ gets the same CRDs"),
+    ] = Path("charts/splitdnn"),
+) -> None:
+    """Write the CustomResourceDefinitions generated from the API models."""
+    from splitdnn.api.crdgen import write_crds
+
+    chart_dir = chart if chart is not None and chart.is_dir() else None
+    for path in write_crds(out, chart_dir):
+        stdout.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="Model to split")] = "torchvision:resnet50",
+    blocks: Annotated[int, typer.Option(help="How many blocks to cut the model into")] = 3,
+    out: Annotated[Path, typer.Option(help="Where the blocks go")] = Path("out/demo"),
+) -> None:
+    """Inspect a model, split it into blocks of similar cost and verify the blocks."""
+    from splitdnn.graph.blocks import balanced_cuts
+
+    with user_errors():
+        graph = load_graph(model, None, None)
+        stdout.print(cut_point_table(graph))
+        cuts = balanced_cuts(graph, blocks)
+        stdout.print(f"splitting after layers {cuts} into {out}/", highlight=False)
+        split_model(graph, cuts, out)
+    verify(out, samples=4, atol=1e-4, rtol=1e-5, as_json=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
