@@ -31,7 +31,8 @@ NON_DETERMINISTIC_OPS = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
 )
 SHAPE_OPS = frozenset({"Shape", "Size"})
-MAX_FOLD_ROUNDS = 8
+MAX_FOLD_ROUNDS = 200
+SMALL_CONSTANT_ELEMENTS = 4096
 
 
 @dataclass(frozen=True)
@@ -148,15 +149,47 @@ def normalise(model: onnx.ModelProto, input_shape: tuple[int, ...] | None) -> on
             f"{len(inputs)} input(s) and {len(model.graph.output)} output(s)"
         )
     _set_input_shape(inputs[0], input_shape)
-    _clear_inferred_shapes(model.graph)
     ordered = topological_order(_original_nodes(model))
     model.graph.ClearField("node")
     model.graph.node.extend(ordered)
+    weights, added = _detach_weights(model.graph)
+    # Each round folds one more level of shape arithmetic (Shape -> Gather -> Concat -> ...).
     for _ in range(MAX_FOLD_ROUNDS):
+        _clear_inferred_shapes(model.graph)  # stale entries would hide folded constants
         model = _infer_shapes(model)
-        if not _fold_static_shape_ops(model.graph):
+        shapes_folded = _fold_static_shape_ops(model.graph)
+        if not (_fold_constant_nodes(model) or shapes_folded):
             break
+    _attach_weights(model.graph, weights, added)
     return model
+
+
+def _detach_weights(graph: onnx.GraphProto) -> tuple[list[onnx.TensorProto], int]:
+    """Turn large initializers into typed graph inputs so that shape inference stays cheap.
+
+    Shape arithmetic only ever reads small constants; weights only need their shapes.
+    """
+    weights = [tensor for tensor in graph.initializer
+               if math.prod(tensor.dims) > SMALL_CONSTANT_ELEMENTS]
+    names = {tensor.name for tensor in weights}
+    small = [tensor for tensor in graph.initializer if tensor.name not in names]
+    graph.ClearField("initializer")
+    graph.initializer.extend(small)
+    declared = {value.name for value in graph.input}  # IR < 4 lists weights as inputs too
+    added = [helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+             for tensor in weights if tensor.name not in declared]
+    graph.input.extend(added)
+    return weights, len(added)
+
+
+def _attach_weights(
+    graph: onnx.GraphProto, weights: list[onnx.TensorProto], added: int
+) -> None:
+    """Undo :func:`_detach_weights`: drop the inputs it appended, restore the initializers."""
+    kept = list(graph.input)[: len(graph.input) - added]
+    graph.ClearField("input")
+    graph.input.extend(kept)
+    graph.initializer.extend(weights)
 
 
 def _original_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -257,6 +290,60 @@ def _fold_static_shape_ops(graph: onnx.GraphProto) -> bool:
         graph.node[position].CopyFrom(_shape_constant(node, shape))
         changed = True
     return changed
+
+
+def _fold_constant_nodes(model: onnx.ModelProto) -> bool:
+    """Evaluate nodes computed only from constants and store their results as initializers.
+
+    Shape arithmetic folded this way lets shape inference see concrete Reshape/Slice/Pad
+    arguments. Returns False (and leaves the graph alone) when there is nothing to fold or
+    the reference evaluator cannot run one of the ops.
+    """
+    graph = model.graph
+    producers, _ = _constant_producers(graph)
+    nodes = _in_order(graph, producers.values())
+    if not nodes:
+        return False
+    try:
+        values = _evaluate_constants(model, nodes)
+    except Exception:  # the reference evaluator raises anything from NotImplementedError on
+        return False
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    folded = {id(node) for node in nodes}
+    kept = [node for node in graph.node if id(node) not in folded]
+    graph.ClearField("node")
+    graph.node.extend(kept)
+    graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(value), name)
+        for name, value in values.items() if name in used
+    )
+    return True
+
+
+def _in_order(graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    wanted = {id(node) for node in nodes}
+    return [node for node in graph.node if id(node) in wanted]
+
+
+def _evaluate_constants(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto]
+) -> dict[str, np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    outputs = [name for node in nodes for name in node.output if name]
+    needed = {name for node in nodes for name in node.input}
+    constant_graph = helper.make_graph(
+        nodes,
+        "constants",
+        [],
+        [helper.make_empty_tensor_value_info(name) for name in outputs],
+        initializer=[tensor for tensor in model.graph.initializer if tensor.name in needed],
+    )
+    constant_model = helper.make_model(
+        constant_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
+    results = ReferenceEvaluator(constant_model).run(None, {})
+    return dict(zip(outputs, results, strict=True))
 
 
 def _shape_constant(node: onnx.NodeProto, shape: tuple[int, ...]) -> onnx.NodeProto:

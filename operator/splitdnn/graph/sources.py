@@ -9,19 +9,24 @@ model name, weights digest, input shape, and the torch/torchvision/opset version
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from splitdnn.graph.errors import ModelSourceError, UnsupportedModelError
 
 TORCHVISION_PREFIX = "torchvision:"
 OPSET_VERSION = 17
 RANDOM_WEIGHTS_SEED = 0
+CALIBRATION_BATCHES = 2
+CALIBRATION_BATCH_SIZE = 4
 DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
 
 
@@ -118,7 +123,7 @@ def _cache_key(name: str, shape: tuple[int, ...], weights: Path | None) -> str:
     fields = {
         "name": name,
         "shape": list(shape),
-        "weights": file_sha256(weights) if weights else f"seed:{RANDOM_WEIGHTS_SEED}",
+        "weights": file_sha256(weights) if weights else f"seed:{RANDOM_WEIGHTS_SEED}+bn-calibrated",
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "opset": OPSET_VERSION,
@@ -135,7 +140,7 @@ def export_torchvision(name: str, shape: tuple[int, ...], weights: Path | None =
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    module = _build_torchvision(name, weights)
+    module = _build_torchvision(name, weights, shape)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         exported = Path(scratch) / target.name
         _export_module(module, name, shape, exported)
@@ -146,7 +151,7 @@ def export_torchvision(name: str, shape: tuple[int, ...], weights: Path | None =
     return target
 
 
-def _build_torchvision(name: str, weights: Path | None) -> object:
+def _build_torchvision(name: str, weights: Path | None, shape: tuple[int, ...]) -> Any:
     import torch
     import torchvision
 
@@ -154,7 +159,9 @@ def _build_torchvision(name: str, weights: Path | None) -> object:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torchvision.models.get_model(name, weights=None)
-    if weights is not None:
+    if weights is None:
+        _calibrate_batchnorm(module, shape)
+    else:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             module.load_state_dict(state)
@@ -166,15 +173,43 @@ def _build_torchvision(name: str, weights: Path | None) -> object:
     return module.eval()
 
 
-def _export_module(module: object, name: str, shape: tuple[int, ...], target: Path) -> None:
+def _calibrate_batchnorm(module: Any, shape: tuple[int, ...]) -> None:
+    """Set BatchNorm statistics from random inputs, as a trained network would have them.
+
+    With default statistics (mean 0, variance 1) deep random networks such as ResNet-152
+    amplify activations to ~1e4, where float32 rounding differences between fused and
+    unfused kernels are larger than any useful verify tolerance. Calibrated statistics keep
+    activations near unit scale.
+    """
+    import torch
+
+    norms = [layer for layer in module.modules()
+             if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    module.train()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(CALIBRATION_BATCHES):
+            module(torch.randn(CALIBRATION_BATCH_SIZE, *shape[1:]))
+    module.eval()
+
+
+def _export_module(module: Any, name: str, shape: tuple[int, ...], target: Path) -> None:
     import torch
 
     example = torch.randn(*shape)
+    # The fused attention fast path (aten::_native_multi_head_attention) has no ONNX export.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _quiet():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module,  # type: ignore[arg-type]
+                module,
                 (example,),
                 str(target),
                 dynamo=False,
@@ -188,6 +223,16 @@ def _export_module(module: object, name: str, shape: tuple[int, ...], target: Pa
             f"torchvision:{name} cannot be exported to ONNX with input shape "
             f"{list(shape)}: {_first_line(error)}"
         ) from error
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter, which prints the whole TorchScript graph when it fails."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        yield
 
 
 def _first_line(error: BaseException) -> str:
