@@ -406,7 +406,8 @@ def tensor_table(model: onnx.ModelProto) -> dict[str, TensorInfo]:
         if shape is not None and elem_type:
             table[name] = TensorInfo(name, shape, _numpy_dtype(elem_type))
     for tensor in model.graph.initializer:
-        table[tensor.name] = TensorInfo(tensor.name, tuple(tensor.dims), _numpy_dtype(tensor.data_type))
+        dtype = _numpy_dtype(tensor.data_type)
+        table[tensor.name] = TensorInfo(tensor.name, tuple(tensor.dims), dtype)
     return table
 
 

@@ -70,7 +70,7 @@ def _invalid_cut_message(graph: ModelGraph, cut: int, nearest: list[int]) -> str
         layer = graph.layers[cut]
         where = (f"cutting after layer {cut} ({layer.name}, {layer.op_type}) leaves more than "
                  f"one tensor crossing the cut")
-    hint = " or ".join(str(point) for point in nearest) if nearest else "none: the model has no cut points"
+    hint = " or ".join(map(str, nearest)) if nearest else "none: the model has no cut points"
     return f"cut {cut} is not a cut point: {where}; nearest valid cut points: {hint}"
 
 
@@ -167,7 +167,9 @@ def _write_block(
     }
 
 
-def _manifest_data(graph: ModelGraph, cuts: list[int], blocks: list[dict[str, Any]]) -> dict[str, Any]:
+def _manifest_data(
+    graph: ModelGraph, cuts: list[int], blocks: list[dict[str, Any]]
+) -> dict[str, Any]:
     source = Path(graph.source_path) if graph.source_path else None
     return {
         "model": graph.source,

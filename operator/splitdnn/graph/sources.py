@@ -109,7 +109,7 @@ def default_input_shape(name: str) -> tuple[int, ...]:
     _check_torchvision_name(name)
     try:
         weights_enum = torchvision.models.get_model_weights(name)
-        crop = weights_enum.DEFAULT.transforms().crop_size  # type: ignore[attr-defined]
+        crop = weights_enum.DEFAULT.transforms().crop_size
         side = int(crop[0])
     except (AttributeError, ValueError, KeyError, IndexError, TypeError):
         return DEFAULT_IMAGE_SHAPE
@@ -144,11 +144,24 @@ def export_torchvision(name: str, shape: tuple[int, ...], weights: Path | None =
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         exported = Path(scratch) / target.name
         _export_module(module, name, shape, exported)
-        os.replace(exported, target)
-        external = exported.with_name(exported.name + ".data")
-        if external.exists():
-            os.replace(external, target.with_name(target.name + ".data"))
+        if len(list(Path(scratch).iterdir())) > 1:
+            _gather_external_data(exported, target)  # > 2 GiB: weights beside the graph
+        else:
+            os.replace(exported, target)
     return target
+
+
+def _gather_external_data(exported: Path, target: Path) -> None:
+    """Re-save a model exported with one external file per tensor as graph + one data file."""
+    import onnx
+
+    model = onnx.load(str(exported))
+    data_name = target.name + ".data"
+    staged = exported.with_name("gathered.onnx")
+    onnx.save_model(model, str(staged), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=data_name)
+    os.replace(exported.with_name(data_name), target.with_name(data_name))
+    os.replace(staged, target)
 
 
 def _build_torchvision(name: str, weights: Path | None, shape: tuple[int, ...]) -> Any:

@@ -48,7 +48,7 @@ def verify_blocks(
         raise GraphError(f"--samples must be at least 1, got {samples}")
     manifest = BlockManifest.load(directory)
     _check_block_digests(manifest)
-    whole = _session(_whole_model_bytes(manifest))
+    whole = _session(_whole_model(manifest))
     chain = [_session(str(directory / block["file"])) for block in manifest.blocks]
     spec = manifest.data["input"]
     rng = np.random.default_rng(seed)
@@ -79,17 +79,21 @@ def _check_block_digests(manifest: BlockManifest) -> None:
             )
 
 
-def _whole_model_bytes(manifest: BlockManifest) -> bytes:
+def _whole_model(manifest: BlockManifest) -> str | bytes:
     """The whole model as the blocks saw it: original file, input shape fixed as in the split."""
     source = manifest.data.get("source") or {}
     path = Path(source["file"]) if source.get("file") else None
+    shape = [int(size) for size in manifest.data["input"]["shape"]]
     if path is None or not path.is_file() or file_sha256(path) != source.get("sha256"):
-        shape = tuple(manifest.data["input"]["shape"])
-        path = resolve_model(manifest.data["model"], input_shape=shape).onnx_path
-    model = onnx.load(str(path))
+        path = resolve_model(manifest.data["model"], input_shape=tuple(shape)).onnx_path
+    model = onnx.load(str(path), load_external_data=False)
     model_input = real_inputs(model.graph)[0]
+    declared = [dim.dim_value for dim in model_input.type.tensor_type.shape.dim]
+    if declared == shape:
+        return str(path)
+    onnx.load_external_data_for_model(model, str(path.parent))
     model_input.type.tensor_type.shape.ClearField("dim")
-    for size in manifest.data["input"]["shape"]:
+    for size in shape:
         model_input.type.tensor_type.shape.dim.add().dim_value = size
     model.graph.ClearField("value_info")
     return model.SerializeToString()
