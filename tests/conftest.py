@@ -1,0 +1,23 @@
+"""Shared test fixtures: an export cache shared by the whole session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Exported torchvision models are cached once per session (or in $SPLITDNN_TEST_CACHE)."""
+    configured = os.environ.get("SPLITDNN_TEST_CACHE")
+    path = Path(configured) if configured else tmp_path_factory.mktemp("splitdnn-cache")
+    previous = os.environ.get("SPLITDNN_CACHE_DIR")
+    os.environ["SPLITDNN_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("SPLITDNN_CACHE_DIR", None)
+    else:
+        os.environ["SPLITDNN_CACHE_DIR"] = previous
