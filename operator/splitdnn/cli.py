@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from splitdnn.graph import (
+    BlockManifest,
     GraphError,
     ModelGraph,
     analyse_model,
@@ -161,6 +162,11 @@ def split(
     if as_json:
         print(json.dumps(manifest.data))
         return
+    stdout.print(block_table(manifest, out))
+
+
+def block_table(manifest: BlockManifest, out: Path) -> Table:
+    """One row per written block: layer range, tensor shapes, file size and digest."""
     table = Table(title=f"{len(manifest.blocks)} blocks in {out}")
     for column in ("block", "layers", "input", "output", "file size", "sha256"):
         table.add_column(column)
@@ -173,7 +179,7 @@ def split(
             human_bytes(block["bytes"]),
             block["sha256"][:12],
         )
-    stdout.print(table)
+    return table
 
 
 @app.command()
@@ -235,7 +241,8 @@ def demo(
         stdout.print(cut_point_table(graph))
         cuts = balanced_cuts(graph, blocks)
         stdout.print(f"splitting after layers {cuts} into {out}/", highlight=False)
-        split_model(graph, cuts, out)
+        manifest = split_model(graph, cuts, out)
+    stdout.print(block_table(manifest, out))
     verify(out, samples=4, atol=1e-4, rtol=1e-5, as_json=False)
 
 
