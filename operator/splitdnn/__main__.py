@@ -1,0 +1,5 @@
+"""Allow ``python -m splitdnn``."""
+
+from splitdnn.cli import main
+
+main()
