@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from splitdnn.graph.analysis import real_inputs
 from splitdnn.graph.blocks import BlockManifest
 from splitdnn.graph.errors import GraphError
+from splitdnn.graph.normalise import real_inputs
 from splitdnn.graph.sources import file_sha256, resolve_model
 
 CPU_PROVIDERS = ["CPUExecutionProvider"]
