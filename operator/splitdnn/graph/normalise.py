@@ -191,20 +191,17 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> bool:
     """Evaluate nodes computed only from constants and store their results as initializers.
 
     Shape arithmetic folded this way lets shape inference see concrete Reshape/Slice/Pad
-    arguments. Returns False (and leaves the graph alone) when there is nothing to fold or
-    the reference evaluator cannot run one of the ops.
+    arguments. Nodes the reference evaluator cannot run stay in the graph (they are copied
+    into the blocks that need them). Returns True when anything was folded.
     """
     graph = model.graph
     producers, _ = constant_producers(graph)
     nodes = _in_order(graph, producers.values())
-    if not nodes:
-        return False
-    try:
-        values = _evaluate_constants(model, nodes)
-    except Exception:  # the reference evaluator raises anything from NotImplementedError on
+    values = _evaluate_constants(model, nodes)
+    if not values:
         return False
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    folded = {id(node) for node in nodes}
+    folded = {id(node) for node in nodes if all(name in values for name in node.output if name)}
     kept = [node for node in graph.node if id(node) not in folded]
     graph.ClearField("node")
     graph.node.extend(kept)
@@ -212,7 +209,7 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> bool:
         numpy_helper.from_array(np.asarray(value), name)
         for name, value in values.items() if name in used
     )
-    return True
+    return bool(folded)
 
 
 def _in_order(graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
@@ -223,6 +220,28 @@ def _in_order(graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto]) -> list[o
 def _evaluate_constants(
     model: onnx.ModelProto, nodes: list[onnx.NodeProto]
 ) -> dict[str, np.ndarray]:
+    """Values of the given constant nodes' outputs: all at once, else node by node."""
+    if not nodes:
+        return {}
+    try:
+        return _evaluate(model, nodes, list(model.graph.initializer))
+    except Exception:  # the reference evaluator raises anything, NotImplementedError included
+        pass
+    values: dict[str, np.ndarray] = {}
+    for node in nodes:
+        known = [*model.graph.initializer,
+                 *(numpy_helper.from_array(np.asarray(value), name)
+                   for name, value in values.items() if name in node.input)]
+        try:
+            values.update(_evaluate(model, [node], known))
+        except Exception:  # this node stays in the graph; so do the nodes that depend on it
+            continue
+    return values
+
+
+def _evaluate(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]
+) -> dict[str, np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
     outputs = [name for node in nodes for name in node.output if name]
@@ -232,7 +251,7 @@ def _evaluate_constants(
         "constants",
         [],
         [helper.make_empty_tensor_value_info(name) for name in outputs],
-        initializer=[tensor for tensor in model.graph.initializer if tensor.name in needed],
+        initializer=[tensor for tensor in initializers if tensor.name in needed],
     )
     constant_model = helper.make_model(
         constant_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version
