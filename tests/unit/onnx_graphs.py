@@ -19,10 +19,8 @@ def save(nodes: list[onnx.NodeProto], path: Path, shape: list[int | str] | None 
     shape = shape or [1, 4]
     inputs = [helper.make_tensor_value_info("X", FLOAT, shape)]
     inputs += [helper.make_tensor_value_info(f"X{i}", FLOAT, shape) for i in range(extra_inputs)]
-    graph = helper.make_graph(
-        nodes, path.stem, inputs, [helper.make_tensor_value_info("Y", FLOAT, output_shape or shape)],
-        initializer=initializers or [],
-    )
+    output = helper.make_tensor_value_info("Y", FLOAT, output_shape or shape)
+    graph = helper.make_graph(nodes, path.stem, inputs, [output], initializer=initializers or [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from splitdnn.graph import ModelSourceError, analyse_model, resolve_model, split_model, verify_blocks
+from splitdnn.graph import (
+    ModelSourceError,
+    analyse_model,
+    resolve_model,
+    split_model,
+    verify_blocks,
+)
 from splitdnn.graph.blocks import balanced_cuts
 
 FAMILIES = [
@@ -43,7 +49,7 @@ def test_split_and_verify_at_several_cut_points(tmp_path: Path, name: str) -> No
     for label, cuts in (("edges", edges_and_middle), ("balanced", balanced_cuts(graph, 3))):
         out = tmp_path / label
         manifest = split_model(graph, cuts, out)
-        assert [block["layers"] for block in manifest.blocks][0][0] == 0
+        assert manifest.blocks[0]["layers"][0] == 0
         assert manifest.blocks[-1]["layers"][1] == len(graph.layers) - 1
         report = verify_blocks(out, samples=2)
         assert report.passed, f"{name} cut at {cuts}: max abs error {report.max_abs_error}"
