@@ -115,3 +115,22 @@ def input_skip(path: Path) -> Path:
     """The model input is used again at the end, so nothing can be cut."""
     return save([node("Relu", ["X"], "a"), node("Sigmoid", ["a"], "b"),
                  node("Add", ["b", "X"], "Y")], path)
+
+
+def branch_reads_outer_scope(path: Path) -> Path:
+    """An If whose branches read the model input X from the outer graph.
+
+    X is therefore still needed after layer 0, so layer 0 is not a cut point.
+    """
+    def branch(op: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [node(op, ["X", "a"], f"{op.lower()}_out")], f"{op.lower()}_branch", [],
+            [helper.make_tensor_value_info(f"{op.lower()}_out", FLOAT, [1, 4])])
+
+    condition = numpy_helper.from_array(np.array(True), "condition")
+    return save([
+        node("Relu", ["X"], "a"),
+        helper.make_node("If", ["condition"], ["chosen"], name="chosen",
+                         then_branch=branch("Add"), else_branch=branch("Sub")),
+        node("Tanh", ["chosen"], "Y"),
+    ], path, initializers=[condition])

@@ -33,6 +33,7 @@ Builder = Callable[[Path], Path]
         (onnx_graphs.constant_side_branches, 3, [0, 1]),
         (onnx_graphs.shared_constant_producer, 4, [0, 1, 2]),
         (onnx_graphs.input_skip, 3, []),
+        (onnx_graphs.branch_reads_outer_scope, 3, [1]),
     ],
 )
 def test_cut_points_of_hand_built_graphs(
@@ -74,6 +75,7 @@ def test_concat_segment_reports_the_concatenated_size(tmp_path: Path) -> None:
         (onnx_graphs.concat, [0, 3]),
         (onnx_graphs.constant_side_branches, [0, 1]),
         (onnx_graphs.shared_constant_producer, [0, 1, 2]),
+        (onnx_graphs.branch_reads_outer_scope, [1]),
     ],
 )
 def test_split_blocks_chain_to_the_whole_model(

@@ -28,6 +28,7 @@ from splitdnn.graph.flops import node_flops
 from splitdnn.graph.normalise import (
     constant_producers,
     is_constant_node,
+    node_inputs,
     normalise,
     real_inputs,
     static_shape,
@@ -217,7 +218,7 @@ def constant_closure(
         nodes[id(node)] = node
         if node.op_type == "Constant":
             sources.add(name)
-        stack.extend(node.input)
+        stack.extend(node_inputs(node))
     return sources, list(nodes.values())
 
 
@@ -233,7 +234,7 @@ def _attribute_params(
     counted: set[str] = set()
     result = []
     for node in layer_nodes:
-        needed = [name for name in node.input if name in initializers or name in producers]
+        needed = [name for name in node_inputs(node) if name in initializers or name in producers]
         sources, _ = constant_closure(needed, producers)
         fresh = sources - counted
         counted |= fresh
@@ -264,7 +265,7 @@ def find_cut_points(
     producer: dict[str, int] = {input_name: -1}
     last_user: dict[str, int] = {}
     for index, node in enumerate(layer_nodes):
-        for name in node.input:
+        for name in node_inputs(node):
             if name and name not in constants:
                 last_user[name] = index
         for name in node.output:

@@ -28,6 +28,7 @@ from onnx import helper
 
 from splitdnn.graph.analysis import ModelGraph, TensorInfo, constant_closure
 from splitdnn.graph.errors import InvalidCutError
+from splitdnn.graph.normalise import in_graph_order, node_inputs
 from splitdnn.graph.sources import file_sha256
 
 MANIFEST_NAME = "manifest.json"
@@ -86,10 +87,10 @@ def build_block(graph: ModelGraph, first: int, last: int) -> onnx.ModelProto:
     block_input = graph.input if first == 0 else graph.tensors[graph.crossing[first - 1]]
     block_output = graph.tensors[graph.crossing[last]] if last in graph.crossing else graph.output
     layer_nodes = graph.layer_nodes[first : last + 1]
-    constant_inputs = [name for node in layer_nodes for name in node.input
+    constant_inputs = [name for node in layer_nodes for name in node_inputs(node)
                        if name in graph.constant_producers or name in graph.initializer_names]
     sources, constant_nodes = constant_closure(constant_inputs, graph.constant_producers)
-    nodes = _in_model_order(graph.model.graph, [*constant_nodes, *layer_nodes])
+    nodes = in_graph_order(graph.model.graph, [*constant_nodes, *layer_nodes])
     initializers = [tensor for tensor in graph.model.graph.initializer if tensor.name in sources]
     values = _block_value_infos(graph, nodes, block_input.name, block_output.name)
     block_graph = helper.make_graph(
@@ -108,11 +109,6 @@ def build_block(graph: ModelGraph, first: int, last: int) -> onnx.ModelProto:
     )
     model.functions.extend(graph.model.functions)
     return model
-
-
-def _in_model_order(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    wanted = {id(node) for node in nodes}
-    return [node for node in graph.node if id(node) in wanted]
 
 
 def _value_info(tensor: TensorInfo) -> onnx.ValueInfoProto:

@@ -134,7 +134,7 @@ def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     waiting_on = [0] * len(nodes)
     dependants: list[list[int]] = [[] for _ in nodes]
     for index, node in enumerate(nodes):
-        for name in {name for name in node.input if name in producer}:
+        for name in {name for name in node_inputs(node) if name in producer}:
             waiting_on[index] += 1
             dependants[producer[name]].append(index)
     ready = [index for index, count in enumerate(waiting_on) if count == 0]
@@ -196,11 +196,12 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> bool:
     """
     graph = model.graph
     producers, _ = constant_producers(graph)
-    nodes = _in_order(graph, producers.values())
+    nodes = in_graph_order(graph, producers.values())
     values = _evaluate_constants(model, nodes)
     if not values:
         return False
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    used = {name for node in graph.node for name in node_inputs(node)}
+    used |= {output.name for output in graph.output}
     folded = {id(node) for node in nodes if all(name in values for name in node.output if name)}
     kept = [node for node in graph.node if id(node) not in folded]
     graph.ClearField("node")
@@ -212,9 +213,28 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> bool:
     return bool(folded)
 
 
-def _in_order(graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
+def in_graph_order(
+    graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto]
+) -> list[onnx.NodeProto]:
+    """The given nodes (by identity) in the order the graph lists them."""
     wanted = {id(node) for node in nodes}
     return [node for node in graph.node if id(node) in wanted]
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Explicit inputs plus outer-scope tensors read inside If/Loop/Scan bodies."""
+    names = [name for name in node.input if name]
+    for attribute in node.attribute:
+        for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else \
+                list(attribute.graphs):
+            names.extend(_outer_scope_names(body))
+    return names
+
+
+def _outer_scope_names(body: onnx.GraphProto) -> list[str]:
+    defined = {value.name for value in body.input} | {t.name for t in body.initializer}
+    defined |= {name for node in body.node for name in node.output}
+    return [name for node in body.node for name in node_inputs(node) if name not in defined]
 
 
 def _evaluate_constants(
