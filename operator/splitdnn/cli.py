@@ -152,13 +152,17 @@ def split(
     out: Annotated[Path, typer.Option("--out", help="Directory for block_K.onnx + manifest")],
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
+    dynamic_batch: Annotated[
+        bool,
+        typer.Option(help="Give blocks that batch sample by sample a free batch dimension"),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the blocks between the given cut points and a manifest."""
     cut_list = parse_int_list(cuts, "--cuts")
     with user_errors():
         graph = load_graph(model, input_shape, weights)
-        manifest = split_model(graph, cut_list, out)
+        manifest = split_model(graph, cut_list, out, dynamic_batch=dynamic_batch)
     if as_json:
         print(json.dumps(manifest.data))
         return
@@ -168,7 +172,7 @@ def split(
 def block_table(manifest: BlockManifest, out: Path) -> Table:
     """One row per written block: layer range, tensor shapes, file size and digest."""
     table = Table(title=f"{len(manifest.blocks)} blocks in {out}")
-    for column in ("block", "layers", "input", "output", "file size", "sha256"):
+    for column in ("block", "layers", "input", "output", "batch", "file size", "sha256"):
         table.add_column(column)
     for block in manifest.blocks:
         table.add_row(
@@ -176,6 +180,7 @@ def block_table(manifest: BlockManifest, out: Path) -> Table:
             f"{block['layers'][0]}-{block['layers'][1]}",
             str(block["input"]["shape"]),
             str(block["output"]["shape"]),
+            "free" if block["batch_free"] else "fixed",
             human_bytes(block["bytes"]),
             block["sha256"][:12],
         )

@@ -263,3 +263,27 @@ def _append_add_one(model: onnx.ModelProto) -> None:
         onnx.numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_more"))
     model.graph.node.append(onnx.helper.make_node("Add", [old_name + "_raw", "one_more"],
                                                   [old_name]))
+
+
+def test_blocks_that_batch_per_sample_get_a_free_batch_dimension(tmp_path: Path) -> None:
+    graph = analyse_model(onnx_graphs.nested_residual(tmp_path / "model.onnx"))
+    manifest = split_model(graph, [0, 4], tmp_path / "blocks")
+    assert all(block["batch_free"] for block in manifest.blocks)
+    session = ort.InferenceSession(str(tmp_path / "blocks" / "block_1.onnx"))
+    batch = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    assert session.run(None, {"x0": batch})[0].shape == (5, 4)
+
+
+def test_a_baked_in_batch_size_keeps_the_block_static(tmp_path: Path) -> None:
+    # the folded Reshape target is [1, -1]: with 2 samples it would mix them into one row
+    graph = analyse_model(onnx_graphs.constant_side_branches(tmp_path / "model.onnx"))
+    manifest = split_model(graph, [0, 1], tmp_path / "blocks")
+    assert [block["batch_free"] for block in manifest.blocks] == [True, False, True]
+    reshape_block = onnx.load(str(tmp_path / "blocks" / "block_1.onnx"))
+    assert reshape_block.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_static_batch_can_be_requested(tmp_path: Path) -> None:
+    graph = analyse_model(onnx_graphs.sequential(tmp_path / "model.onnx"))
+    manifest = split_model(graph, [0], tmp_path / "blocks", dynamic_batch=False)
+    assert not any(block["batch_free"] for block in manifest.blocks)

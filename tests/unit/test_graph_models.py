@@ -70,6 +70,7 @@ def test_every_cut_point_of_resnet18_at_once(tmp_path: Path) -> None:
     graph = analyse("resnet18")
     manifest = split_model(graph, graph.cut_points, tmp_path / "all")
     assert len(manifest.blocks) == len(graph.segments)
+    assert all(block["batch_free"] for block in manifest.blocks)  # CNN: no baked-in batch
     assert verify_blocks(tmp_path / "all", samples=2).passed
 
 

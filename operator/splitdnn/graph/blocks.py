@@ -27,6 +27,7 @@ import onnx
 from onnx import helper
 
 from splitdnn.graph.analysis import ModelGraph, TensorInfo, constant_closure
+from splitdnn.graph.batching import with_free_batch
 from splitdnn.graph.errors import InvalidCutError
 from splitdnn.graph.normalise import in_graph_order, node_inputs
 from splitdnn.graph.sources import file_sha256
@@ -123,8 +124,13 @@ def _block_value_infos(
     return [value for value in graph.model.graph.value_info if value.name in inner]
 
 
-def split_model(graph: ModelGraph, cuts: list[int], out_dir: Path) -> BlockManifest:
+def split_model(
+    graph: ModelGraph, cuts: list[int], out_dir: Path, dynamic_batch: bool = True
+) -> BlockManifest:
     """Write one ONNX file per block and ``manifest.json`` into ``out_dir``.
+
+    With ``dynamic_batch`` each block whose samples are computed independently gets a
+    symbolic first dimension (``batch_free`` in the manifest), so that the runtime can batch.
 
     Everything is written to a scratch directory first and moved into place at the end,
     so an invalid cut or a failure midway leaves ``out_dir`` as it was.
@@ -133,7 +139,7 @@ def split_model(graph: ModelGraph, cuts: list[int], out_dir: Path) -> BlockManif
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".splitdnn-", dir=out_dir.parent) as scratch:
         staging = Path(scratch)
-        blocks = [_write_block(graph, index, first, last, staging)
+        blocks = [_write_block(graph, index, first, last, staging, dynamic_batch)
                   for index, (first, last) in enumerate(block_ranges(graph, cuts))]
         data = _manifest_data(graph, cuts, blocks)
         (staging / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
@@ -142,9 +148,11 @@ def split_model(graph: ModelGraph, cuts: list[int], out_dir: Path) -> BlockManif
 
 
 def _write_block(
-    graph: ModelGraph, index: int, first: int, last: int, directory: Path
+    graph: ModelGraph, index: int, first: int, last: int, directory: Path, dynamic_batch: bool
 ) -> dict[str, Any]:
     model = build_block(graph, first, last)
+    relaxed = with_free_batch(model) if dynamic_batch else None
+    model = relaxed or model
     path = directory / f"block_{index}.onnx"
     large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
     onnx.save_model(model, str(path), save_as_external_data=large,
@@ -158,6 +166,7 @@ def _write_block(
         "layers": [first, last],
         "input": graph.tensors[block_input].to_dict(),
         "output": graph.tensors[output].to_dict(),
+        "batch_free": relaxed is not None,
         "flops": sum(layer.flops for layer in graph.layers[first : last + 1]),
         "bytes": path.stat().st_size,
     }
