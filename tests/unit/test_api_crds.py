@@ -228,3 +228,15 @@ def test_model_round_trips_to_the_wire_form() -> None:
     assert wire["spec"]["stages"][1]["replicas"] == 2
     assert wire["spec"]["serviceRef"] == {"name": "resnet50"}
     assert validate_manifest(wire) == []
+
+
+def test_every_cel_rule_compiles() -> None:
+    import celpy
+
+    environment = celpy.Environment()
+    for crd in render_crds().values():
+        root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for path, node in _walk(root):
+            for rule in node.get("x-kubernetes-validations", []):
+                environment.compile(rule["rule"])  # raises CELParseError on a typo
+                assert rule["message"], path

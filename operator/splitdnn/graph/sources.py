@@ -17,6 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,42 @@ def resolve_model(
 
 def classification_models() -> list[str]:
     """Names of every torchvision classification model."""
+    return sorted(_torchvision_index())
+
+
+def _torchvision_index() -> dict[str, list[int]]:
+    """Every classification model's default input shape, cached per torchvision version.
+
+    Building it imports torchvision (seconds); reading it does not, so a cached model
+    resolves without importing torch at all.
+    """
+    path = cache_dir() / f"torchvision-{metadata.version('torchvision')}-models.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            return dict(json.loads(path.read_text()))
+    index = {name: list(_designed_input_shape(name)) for name in _list_torchvision_models()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(f".{os.getpid()}.tmp")
+    scratch.write_text(json.dumps(index, sort_keys=True))
+    os.replace(scratch, path)
+    return index
+
+
+def _list_torchvision_models() -> list[str]:
     import torchvision
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def _designed_input_shape(name: str) -> tuple[int, ...]:
+    import torchvision
+
+    try:
+        weights_enum = torchvision.models.get_model_weights(name)
+        side = int(weights_enum.DEFAULT.transforms().crop_size[0])
+    except (AttributeError, ValueError, KeyError, IndexError, TypeError):
+        return DEFAULT_IMAGE_SHAPE
+    return (1, 3, side, side)
 
 
 def _check_torchvision_name(name: str) -> None:
@@ -104,28 +138,17 @@ def _check_torchvision_name(name: str) -> None:
 
 def default_input_shape(name: str) -> tuple[int, ...]:
     """The input shape the model was designed for: its weights' crop size, else 224×224."""
-    import torchvision
-
     _check_torchvision_name(name)
-    try:
-        weights_enum = torchvision.models.get_model_weights(name)
-        crop = weights_enum.DEFAULT.transforms().crop_size
-        side = int(crop[0])
-    except (AttributeError, ValueError, KeyError, IndexError, TypeError):
-        return DEFAULT_IMAGE_SHAPE
-    return (1, 3, side, side)
+    return tuple(_torchvision_index()[name])
 
 
 def _cache_key(name: str, shape: tuple[int, ...], weights: Path | None) -> str:
-    import torch
-    import torchvision
-
     fields = {
         "name": name,
         "shape": list(shape),
         "weights": file_sha256(weights) if weights else f"seed:{RANDOM_WEIGHTS_SEED}+bn-calibrated",
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": metadata.version("torch"),
+        "torchvision": metadata.version("torchvision"),
         "opset": OPSET_VERSION,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
