@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo crds lint bench clean
+.PHONY: setup test test-fast demo crds lint bench bench-sweep clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/bench_graph.py --write docs/benchmarks.md
+
+# Every torchvision classification model, one subprocess each (tens of minutes).
+bench-sweep: setup
+	$(BIN)/python bench/sweep_torchvision.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

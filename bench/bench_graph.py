@@ -24,8 +24,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-START = "<!-- bench_graph:start -->"
-END = "<!-- bench_graph:end -->"
+from markdown import write_section
 
 
 def timed(action: Callable[[], Any]) -> tuple[float, Any]:
@@ -120,18 +119,6 @@ def run(reference: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's marked section of a markdown file."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="torchvision:resnet152")
@@ -140,7 +127,7 @@ def main() -> None:
     section = run(args.model)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, "bench_graph", section)
 
 
 if __name__ == "__main__":
