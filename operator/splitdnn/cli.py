@@ -154,7 +154,8 @@ def split(
     weights: WeightsOpt = None,
     dynamic_batch: Annotated[
         bool,
-        typer.Option(help="Give blocks that batch sample by sample a free batch dimension"),
+        typer.Option("--dynamic-batch/--static-batch",
+                     help="Give blocks that batch sample by sample a free batch dimension"),
     ] = True,
     as_json: JsonOpt = False,
 ) -> None:

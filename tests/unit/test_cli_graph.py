@@ -100,3 +100,11 @@ def test_missing_onnx_file(tmp_path: Path) -> None:
     code, _, err = invoke("inspect", str(tmp_path / "missing.onnx"))
     assert code == 2
     assert "does not exist" in err
+
+
+def test_static_batch_flag(tmp_path: Path) -> None:
+    model = onnx_graphs.sequential(tmp_path / "model.onnx")
+    code, out, _ = invoke("split", str(model), "--cuts", "0", "--out", str(tmp_path / "b"),
+                          "--static-batch", "--json")
+    assert code == 0
+    assert [block["batch_free"] for block in json.loads(out)["blocks"]] == [False, False]
