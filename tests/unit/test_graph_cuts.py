@@ -287,3 +287,18 @@ def test_static_batch_can_be_requested(tmp_path: Path) -> None:
     graph = analyse_model(onnx_graphs.sequential(tmp_path / "model.onnx"))
     manifest = split_model(graph, [0], tmp_path / "blocks", dynamic_batch=False)
     assert not any(block["batch_free"] for block in manifest.blocks)
+
+
+def test_a_block_onnxruntime_cannot_load_is_a_clear_error(tmp_path: Path) -> None:
+    from splitdnn.graph import GraphError
+
+    graph = analyse_model(onnx_graphs.sequential(tmp_path / "model.onnx"))
+    out = tmp_path / "blocks"
+    split_model(graph, [0], out)
+
+    def unknown_op(model: onnx.ModelProto) -> None:
+        model.graph.node[0].op_type = "NoSuchOperator"
+
+    _replace_block(out, 1, unknown_op)
+    with pytest.raises(GraphError, match="ONNX Runtime cannot load .*block_1.onnx"):
+        verify_blocks(out)

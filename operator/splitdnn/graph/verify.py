@@ -124,7 +124,11 @@ def _session(model: str | bytes, optimization: str) -> Any:
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
-    return ort.InferenceSession(model, options, providers=CPU_PROVIDERS)
+    try:
+        return ort.InferenceSession(model, options, providers=CPU_PROVIDERS)
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        what = model if isinstance(model, str) else "the whole model"
+        raise GraphError(f"ONNX Runtime cannot load {what}: {error}") from error
 
 
 def _random_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
