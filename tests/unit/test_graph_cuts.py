@@ -300,5 +300,5 @@ def test_a_block_onnxruntime_cannot_load_is_a_clear_error(tmp_path: Path) -> Non
         model.graph.node[0].op_type = "NoSuchOperator"
 
     _replace_block(out, 1, unknown_op)
-    with pytest.raises(GraphError, match="ONNX Runtime cannot load .*block_1.onnx"):
+    with pytest.raises(GraphError, match=r"ONNX Runtime cannot load .*block_1\.onnx"):
         verify_blocks(out)
