@@ -115,3 +115,11 @@ def test_exports_are_cached(export_cache: Path) -> None:
 def test_default_input_shape_follows_the_model() -> None:
     assert resolve_model("torchvision:inception_v3").input_shape == (1, 3, 299, 299)
     assert resolve_model("torchvision:alexnet").input_shape == (1, 3, 224, 224)
+
+
+def test_an_input_the_model_cannot_take_is_a_clear_error() -> None:
+    from splitdnn.graph import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"resnet18 cannot be run or exported .*"
+                                                    r"\[1, 3, 224\]"):
+        resolve_model("torchvision:resnet18", input_shape=(1, 3, 224))

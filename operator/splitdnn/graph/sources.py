@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -196,7 +196,7 @@ def _build_torchvision(name: str, weights: Path | None, shape: tuple[int, ...]) 
         warnings.simplefilter("ignore")
         module = torchvision.models.get_model(name, weights=None)
     if weights is None:
-        _calibrate_batchnorm(module, shape)
+        _run_or_explain(name, shape, lambda: _calibrate_batchnorm(module, shape))
     else:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -241,7 +241,8 @@ def _export_module(module: Any, name: str, shape: tuple[int, ...], target: Path)
     # The fused attention fast path (aten::_native_multi_head_attention) has no ONNX export.
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
-    try:
+
+    def export() -> None:
         with warnings.catch_warnings(), torch.no_grad(), _quiet():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -254,13 +255,22 @@ def _export_module(module: Any, name: str, shape: tuple[int, ...], target: Path)
                 output_names=["output"],
                 do_constant_folding=True,
             )
-    except Exception as error:  # the exporter raises many unrelated types
-        raise UnsupportedModelError(
-            f"torchvision:{name} cannot be exported to ONNX with input shape "
-            f"{list(shape)}: {_first_line(error)}"
-        ) from error
+
+    try:
+        _run_or_explain(name, shape, export)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _run_or_explain(name: str, shape: tuple[int, ...], step: Callable[[], None]) -> None:
+    """Run a step that feeds the model an input; any failure becomes a one-line error."""
+    try:
+        step()
+    except Exception as error:  # torch and its exporter raise many unrelated types
+        raise UnsupportedModelError(
+            f"torchvision:{name} cannot be run or exported to ONNX with input shape "
+            f"{list(shape)}: {_first_line(error)}"
+        ) from error
 
 
 @contextlib.contextmanager
