@@ -188,29 +188,56 @@ def _fold_static_shape_ops(graph: onnx.GraphProto) -> bool:
 
 
 def _fold_constant_nodes(model: onnx.ModelProto) -> bool:
-    """Evaluate nodes computed only from constants and store their results as initializers.
+    """Evaluate nodes computed only from constants; store integer results as initializers.
 
-    Shape arithmetic folded this way lets shape inference see concrete Reshape/Slice/Pad
-    arguments. Nodes the reference evaluator cannot run stay in the graph (they are copied
-    into the blocks that need them). Returns True when anything was folded.
+    Folding the integer (shape) arithmetic lets shape inference see concrete Reshape, Slice
+    and Pad arguments. Constant nodes with float outputs (an expanded class token, a
+    transposed weight) stay nodes: their size may depend on the batch size, and a block
+    recomputes them cheaply. Nodes the reference evaluator cannot run stay as well. Returns
+    True when anything was folded.
     """
     graph = model.graph
     producers, _ = constant_producers(graph)
     nodes = in_graph_order(graph, producers.values())
     values = _evaluate_constants(model, nodes)
-    if not values:
+    folded = [node for node in nodes if _foldable(node, values)]
+    if not folded:
         return False
     used = {name for node in graph.node for name in node_inputs(node)}
     used |= {output.name for output in graph.output}
-    folded = {id(node) for node in nodes if all(name in values for name in node.output if name)}
-    kept = [node for node in graph.node if id(node) not in folded]
+    folded_ids = {id(node) for node in folded}
+    kept = [node for node in graph.node if id(node) not in folded_ids]
     graph.ClearField("node")
-    graph.node.extend(kept)
+    graph.node.extend(_without_dead_constants(kept, producers, graph))
     graph.initializer.extend(
-        numpy_helper.from_array(np.asarray(value), name)
-        for name, value in values.items() if name in used
+        numpy_helper.from_array(np.asarray(values[name]), name)
+        for node in folded for name in node.output if name in used
     )
-    return bool(folded)
+    return True
+
+
+def _foldable(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> bool:
+    outputs = [name for name in node.output if name]
+    if not all(name in values for name in outputs):
+        return False
+    return node.op_type == "Constant" or all(
+        np.asarray(values[name]).dtype.kind in "iub" for name in outputs
+    )
+
+
+def _without_dead_constants(
+    nodes: list[onnx.NodeProto], producers: dict[str, onnx.NodeProto], graph: onnx.GraphProto
+) -> list[onnx.NodeProto]:
+    """Drop constant producers nobody reads any more (their readers were folded)."""
+    constant_ids = {id(node) for node in producers.values()}
+    outputs = {output.name for output in graph.output}
+    while True:
+        used = {name for node in nodes for name in node_inputs(node)} | outputs
+        alive = [node for node in nodes if id(node) not in constant_ids
+                 or any(name in used for name in node.output)]
+        if len(alive) == len(nodes):
+            return alive
+        nodes = alive
 
 
 def in_graph_order(
