@@ -134,3 +134,13 @@ def branch_reads_outer_scope(path: Path) -> Path:
                          then_branch=branch("Add"), else_branch=branch("Sub")),
         node("Tanh", ["chosen"], "Y"),
     ], path, initializers=[condition])
+
+
+def baked_batch_reshape(path: Path) -> Path:
+    """A Reshape to the literal shape [1, 24]: the batch size is baked into the model."""
+    return save([
+        node("Relu", ["X"], "a"),
+        node("Reshape", ["a", "flat_shape"], "flat"),
+        node("Sigmoid", ["flat"], "Y"),
+    ], path, shape=[1, 2, 3, 4], output_shape=[1, 24],
+        initializers=[_int64("flat_shape", [1, 24])])

@@ -274,9 +274,22 @@ def test_blocks_that_batch_per_sample_get_a_free_batch_dimension(tmp_path: Path)
     assert session.run(None, {"x0": batch})[0].shape == (5, 4)
 
 
-def test_a_baked_in_batch_size_keeps_the_block_static(tmp_path: Path) -> None:
-    # the folded Reshape target is [1, -1]: with 2 samples it would mix them into one row
+def test_batch_arithmetic_is_recomputed_from_the_block_input(tmp_path: Path) -> None:
+    # Reshape(a, concat(shape(a)[0:1], [-1])) is folded to [1, -1] at batch 1; the block
+    # learns that its first entry is the batch size and computes it from its input.
     graph = analyse_model(onnx_graphs.constant_side_branches(tmp_path / "model.onnx"))
+    manifest = split_model(graph, [0, 1], tmp_path / "blocks")
+    assert [block["batch_free"] for block in manifest.blocks] == [True, True, True]
+    session = ort.InferenceSession(str(tmp_path / "blocks" / "block_1.onnx"))
+    batch = np.random.default_rng(0).standard_normal((3, 2, 3, 4)).astype(np.float32)
+    flat = session.run(None, {"a": batch})[0]
+    assert flat.shape == (3, 24)
+    np.testing.assert_array_equal(flat, batch.reshape(3, 24))
+    assert verify_blocks(tmp_path / "blocks", samples=2).passed
+
+
+def test_a_baked_in_batch_size_keeps_the_block_static(tmp_path: Path) -> None:
+    graph = analyse_model(onnx_graphs.baked_batch_reshape(tmp_path / "model.onnx"))
     manifest = split_model(graph, [0, 1], tmp_path / "blocks")
     assert [block["batch_free"] for block in manifest.blocks] == [True, False, True]
     reshape_block = onnx.load(str(tmp_path / "blocks" / "block_1.onnx"))

@@ -53,6 +53,7 @@ def test_split_and_verify_at_several_cut_points(tmp_path: Path, name: str) -> No
         assert manifest.blocks[-1]["layers"][1] == len(graph.layers) - 1
         report = verify_blocks(out, samples=2)
         assert report.passed, f"{name} cut at {cuts}: max abs error {report.max_abs_error}"
+        assert all(block["batch_free"] for block in manifest.blocks), f"{name} at {cuts}"
 
 
 def test_resnet_cut_points_are_the_block_boundaries() -> None:

@@ -27,7 +27,12 @@ import onnx
 from onnx import helper
 
 from splitdnn.graph.analysis import ModelGraph, TensorInfo, constant_closure
-from splitdnn.graph.batching import with_free_batch
+from splitdnn.graph.batching import (
+    BatchFormulas,
+    batch_formulas,
+    compute_from_batch,
+    with_free_batch,
+)
 from splitdnn.graph.errors import InvalidCutError
 from splitdnn.graph.normalise import in_graph_order, node_inputs
 from splitdnn.graph.sources import file_sha256
@@ -139,7 +144,8 @@ def split_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".splitdnn-", dir=out_dir.parent) as scratch:
         staging = Path(scratch)
-        blocks = [_write_block(graph, index, first, last, staging, dynamic_batch)
+        batching = BatchRelaxer(graph) if dynamic_batch else None
+        blocks = [_write_block(graph, index, first, last, staging, batching)
                   for index, (first, last) in enumerate(block_ranges(graph, cuts))]
         data = _manifest_data(graph, cuts, blocks)
         (staging / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
@@ -147,11 +153,39 @@ def split_model(
     return BlockManifest(out_dir, data)
 
 
+class BatchRelaxer:
+    """Gives blocks a free batch dimension, learning the batch formulas only when needed."""
+
+    def __init__(self, graph: ModelGraph) -> None:
+        self.graph = graph
+        self._formulas: BatchFormulas | None = None
+
+    def formulas(self) -> BatchFormulas:
+        if self._formulas is None:
+            source = Path(self.graph.source_path)
+            self._formulas = batch_formulas(source, self.graph.input.shape) \
+                if source.is_file() else {}
+        return self._formulas
+
+    def relax(self, block: onnx.ModelProto) -> onnx.ModelProto | None:
+        """The block with a symbolic batch dimension, or None when it cannot have one."""
+        relaxed = with_free_batch(block)
+        if relaxed is None:
+            generic = compute_from_batch(block, self.formulas())
+            relaxed = with_free_batch(generic) if generic is not None else None
+        return relaxed
+
+
 def _write_block(
-    graph: ModelGraph, index: int, first: int, last: int, directory: Path, dynamic_batch: bool
+    graph: ModelGraph,
+    index: int,
+    first: int,
+    last: int,
+    directory: Path,
+    batching: BatchRelaxer | None,
 ) -> dict[str, Any]:
     model = build_block(graph, first, last)
-    relaxed = with_free_batch(model) if dynamic_batch else None
+    relaxed = batching.relax(model) if batching is not None else None
     model = relaxed or model
     path = directory / f"block_{index}.onnx"
     large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD

@@ -150,6 +150,7 @@ def _cache_key(name: str, shape: tuple[int, ...], weights: Path | None) -> str:
         "torch": metadata.version("torch"),
         "torchvision": metadata.version("torchvision"),
         "opset": OPSET_VERSION,
+        "batch": "dynamic",
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -253,6 +254,9 @@ def _export_module(module: Any, name: str, shape: tuple[int, ...], target: Path)
                 opset_version=OPSET_VERSION,
                 input_names=["input"],
                 output_names=["output"],
+                # A symbolic batch keeps batch-size arithmetic in the graph (Shape -> ...),
+                # so that blocks can learn it and accept any batch (see batching.py).
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                 do_constant_folding=True,
             )
 

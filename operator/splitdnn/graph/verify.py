@@ -103,7 +103,9 @@ def _whole_model(manifest: BlockManifest) -> str | bytes:
     model = onnx.load(str(path), load_external_data=False)
     model_input = real_inputs(model.graph)[0]
     declared = [dim.dim_value for dim in model_input.type.tensor_type.shape.dim]
-    if declared == shape:
+    fits = len(declared) == len(shape) and all(
+        size in (0, want) for size, want in zip(declared, shape, strict=True))
+    if fits:  # 0 is a symbolic dimension, which takes any size
         return str(path)
     onnx.load_external_data_for_model(model, str(path.parent))
     model_input.type.tensor_type.shape.ClearField("dim")
