@@ -109,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--only", help="comma-separated model names")
-    parser.add_argument("--skip-over-params", type=float, default=300e6)
+    parser.add_argument("--skip-over-params", type=float, default=400e6)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
