@@ -83,6 +83,15 @@ class ApiModel(BaseModel):
         return self
 
 
+class Resource(ApiModel):
+    """Fields every custom resource object has besides ``kind``, ``spec`` and ``status``."""
+
+    api_version: Literal["splitdnn.io/v1alpha1"] = Field(
+        default="splitdnn.io/v1alpha1", description="splitdnn.io/v1alpha1"
+    )
+    metadata: dict[str, object] = Field(default_factory=dict, description="Object metadata.")
+
+
 class Condition(ApiModel):
     """The standard Kubernetes condition (metav1.Condition)."""
 

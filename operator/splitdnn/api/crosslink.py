@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from splitdnn.api.common import ApiModel, DnsLabel, ResourceStatus, cel, validated_by
+from splitdnn.api.common import ApiModel, DnsLabel, Resource, ResourceStatus, cel, validated_by
 
 PathList = list[int]
 
@@ -82,13 +82,9 @@ class CrossLinkStatus(ResourceStatus):
     trainings: int | None = Field(default=None, ge=0, description="Links trained by the search.")
 
 
-class CrossLink(ApiModel):
+class CrossLink(Resource):
     """Lets one DNNService run part of its work on another service's blocks."""
 
-    api_version: Literal["splitdnn.io/v1alpha1"] = Field(
-        default="splitdnn.io/v1alpha1", description="splitdnn.io/v1alpha1"
-    )
     kind: Literal["CrossLink"] = Field(default="CrossLink", description="CrossLink")
-    metadata: dict[str, object] = Field(default_factory=dict, description="Object metadata.")
     spec: CrossLinkSpec
     status: CrossLinkStatus | None = None

@@ -11,6 +11,7 @@ from splitdnn.api.common import (
     ArtifactRef,
     DnsLabel,
     LabelMap,
+    Resource,
     ResourceRequirements,
     ResourceStatus,
     Sha256,
@@ -224,13 +225,9 @@ class DNNServiceStatus(ResourceStatus):
     )
 
 
-class DNNService(ApiModel):
+class DNNService(Resource):
     """A DNN served split into blocks across the nodes of an edge cluster."""
 
-    api_version: Literal["splitdnn.io/v1alpha1"] = Field(
-        default="splitdnn.io/v1alpha1", description="splitdnn.io/v1alpha1"
-    )
     kind: Literal["DNNService"] = Field(default="DNNService", description="DNNService")
-    metadata: dict[str, object] = Field(default_factory=dict, description="Object metadata.")
     spec: DNNServiceSpec
     status: DNNServiceStatus | None = None

@@ -11,6 +11,7 @@ from splitdnn.api.common import (
     ApiModel,
     DnsLabel,
     LabelMap,
+    Resource,
     ResourceStatus,
     Sha256,
     Toleration,
@@ -153,13 +154,9 @@ class SplitPlanStatus(ResourceStatus):
     )
 
 
-class SplitPlan(ApiModel):
+class SplitPlan(Resource):
     """Where each block of a DNNService runs, and how fast it is predicted to be."""
 
-    api_version: Literal["splitdnn.io/v1alpha1"] = Field(
-        default="splitdnn.io/v1alpha1", description="splitdnn.io/v1alpha1"
-    )
     kind: Literal["SplitPlan"] = Field(default="SplitPlan", description="SplitPlan")
-    metadata: dict[str, object] = Field(default_factory=dict, description="Object metadata.")
     spec: SplitPlanSpec
     status: SplitPlanStatus | None = None
