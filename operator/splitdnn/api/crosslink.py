@@ -1,4 +1,9 @@
-"""CrossLink: a service borrows another service's blocks through small trained links (CoDE)."""
+"""CrossLink: a service borrows another service's blocks through small trained links (CoDE).
+
+The local model, divided into ``localBlocks`` blocks, leaves its own path after block
+``lout``, runs the host model's blocks ``hin..hout`` through trained links and returns
+before its own block ``lin`` (papers 000 and 001). The path is given, or searched for.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,41 @@ from typing import Literal
 
 from pydantic import Field
 
-from splitdnn.api.common import ApiModel, DnsLabel, Resource, ResourceStatus, cel, validated_by
+from splitdnn.api.common import (
+    PVC_URI,
+    SHA256_FOR_HTTPS,
+    ApiModel,
+    DnsLabel,
+    NonNegative,
+    Resource,
+    ResourceStatus,
+    Sha256,
+    cel,
+    nested,
+    validated_by,
+)
+from splitdnn.api.errors import FORBIDDEN
 
-PathList = list[int]
+PathList = list[NonNegative]
+PATH_DESCRIPTION = (
+    "[lout, hin, hout, lin]: leave the local model after its block lout, run host blocks "
+    "hin..hout, come back before local block lin (0 <= lout < lin < localBlocks, "
+    "0 <= hin <= hout < hostBlocks)."
+)
 
 
 class LinkSpec(ApiModel):
-    """The trainable module that adapts tensors between two models' blocks (paper 000 §III-A)."""
+    """The trainable modules that adapt tensors between two models' blocks (paper 000 §III-A)."""
+
+    model_config = validated_by(
+        cel("self.architecture == 'reduced' || !has(self.width)",
+            "width applies only to the reduced architecture", ".width", FORBIDDEN),
+    )
 
     architecture: Literal["conv", "bottleneck", "reduced"] = Field(
         default="conv",
-        description="conv when shapes differ, bottleneck when equal, reduced: narrow inner width.",
+        description="conv (a convolution adapting shapes), bottleneck (a bottleneck conv for "
+                    "equal shapes) or reduced (a narrow inner width).",
     )
     width: int | None = Field(
         default=None, ge=1, le=4096, description="Inner channels of a reduced link."
@@ -26,17 +55,46 @@ class LinkSpec(ApiModel):
 class SearchSpec(ApiModel):
     """Search for the best path instead of giving one (paper 000, Algorithm 1)."""
 
-    a_min: float = Field(default=0.5, ge=0, le=1, description="Least acceptable avg accuracy.")
-    k: float = Field(default=50.0, gt=0, description="Steepness of the accuracy sigmoid.")
-    c_stop: int = Field(
-        default=3, ge=1, le=100, description="Stop after this many stages without improvement."
+    a_min: float = Field(
+        default=0.5, ge=0, le=1, description="A_min: least acceptable average accuracy."
     )
-    epsilon: float = Field(default=0.0, ge=0, description="Least improvement that counts.")
-    exhaustive: bool = Field(default=False, description="Train every path (ground truth).")
+    k: float = Field(default=50.0, gt=0, description="Steepness k of the reward's sigmoid.")
+    c_stop: int = Field(
+        default=3, ge=1, le=100,
+        description="c_stop: stop after this many search stages without an epsilon improvement.",
+    )
+    epsilon: float = Field(default=0.0, ge=0, description="Least reward improvement that counts.")
+    exhaustive: bool = Field(
+        default=False, description="Train every path instead (ground truth; slow)."
+    )
+
+
+class DatasetRef(ApiModel):
+    """Training data for the links: the local model's task."""
+
+    model_config = validated_by(SHA256_FOR_HTTPS)
+
+    source: str = Field(
+        max_length=2048,
+        pattern=rf"^(sklearn:[a-z_]+|{PVC_URI}|https://.+)$",
+        description="sklearn:NAME (a dataset shipped with scikit-learn, e.g. sklearn:digits), "
+                    "pvc://CLAIM/PATH or https://URL.",
+    )
+    sha256: Sha256 | None = Field(
+        default=None, description="Hex SHA-256 of the file; required for https:// sources."
+    )
+
+
+class TrainingSpec(ApiModel):
+    """How the links are trained (every model block stays frozen)."""
+
+    data: DatasetRef = Field(description="Training data of the local task.")
+    epochs: int = Field(default=5, ge=1, le=1000, description="Training epochs per link set.")
+    learning_rate: float = Field(default=1e-3, gt=0, le=1, description="Optimiser step size.")
 
 
 class CrossLinkSpec(ApiModel):
-    """Desired coordination between a local and a host DNNService."""
+    """Desired coordination between a local and a host DNNService (same namespace)."""
 
     model_config = validated_by(
         cel("has(self.path) != has(self.search)",
@@ -45,24 +103,43 @@ class CrossLinkSpec(ApiModel):
             "path [lout, hin, hout, lin] needs lout < lin", ".path"),
         cel("!has(self.path) || self.path[1] <= self.path[2]",
             "path [lout, hin, hout, lin] needs hin <= hout", ".path"),
+        cel("!has(self.path) || self.path[3] < self.localBlocks",
+            "path [lout, hin, hout, lin] needs lin < localBlocks", ".path"),
+        cel("!has(self.path) || self.path[2] < self.hostBlocks",
+            "path [lout, hin, hout, lin] needs hout < hostBlocks", ".path"),
         cel("self.localService != self.hostService",
             "localService and hostService must differ", ".hostService"),
+        cel("self.offloadedSamples <= self.localBatch",
+            "offloadedSamples cannot exceed localBatch", ".offloadedSamples"),
     )
 
     local_service: DnsLabel = Field(description="The DNNService that offloads work.")
     host_service: DnsLabel = Field(description="The DNNService whose blocks are borrowed.")
-    path: PathList | None = Field(
-        default=None, min_length=4, max_length=4,
-        description="[lout, hin, hout, lin]: leave the local model after block lout, run host "
-                    "blocks hin..hout, return before local block lin.",
+    local_blocks: int = Field(
+        default=4, ge=2, le=64, description="N_l: blocks the local model is divided into."
     )
-    search: SearchSpec | None = Field(default=None, description="Search for the best path.")
-    link: LinkSpec = Field(default_factory=LinkSpec, description="Link architecture.")
+    host_blocks: int = Field(
+        default=4, ge=1, le=64, description="N_h: blocks the host model is divided into."
+    )
+    path: PathList | None = Field(
+        default=None, min_length=4, max_length=4, description=PATH_DESCRIPTION
+    )
+    search: SearchSpec | None = Field(
+        default=None, description="Search for the best path (instead of giving one)."
+    )
+    link: LinkSpec = nested(LinkSpec, "Link architecture.")
+    training: TrainingSpec = Field(description="How the links are trained.")
     offloaded_samples: int = Field(
-        default=1, ge=0, le=4096, description="Samples per local batch sent through the link."
+        default=1, ge=0, le=4096,
+        description="s: samples of each local batch sent through the cross path.",
     )
     local_batch: int = Field(default=32, ge=1, le=4096, description="Local batch size b_l.")
     host_batch: int = Field(default=32, ge=1, le=4096, description="Host batch size b_h.")
+    offload_threshold_rps: float = Field(
+        default=0.0, ge=0,
+        description="Offload only while the local service receives more requests per second "
+                    "than this; 0 offloads always.",
+    )
 
 
 class CrossLinkStatus(ResourceStatus):
@@ -71,20 +148,29 @@ class CrossLinkStatus(ResourceStatus):
     path: PathList | None = Field(
         default=None, min_length=4, max_length=4, description="The path in use."
     )
-    accuracy: float | None = Field(default=None, ge=0, le=1, description="Offloaded accuracy.")
+    accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Accuracy of samples through the cross path."
+    )
     avg_accuracy: float | None = Field(
-        default=None, ge=0, le=1, description="Average accuracy over local and offloaded."
+        default=None, ge=0, le=1, description="A_av: average accuracy, local and offloaded."
     )
     throughput_gain: float | None = Field(
-        default=None, description="Throughput over the uncoordinated baseline (requests/s)."
+        default=None,
+        description="Th_p − Th_0: throughput over the uncoordinated baseline (samples/s).",
     )
-    reward: float | None = Field(default=None, description="F(p) of paper 000.")
-    trainings: int | None = Field(default=None, ge=0, description="Links trained by the search.")
+    reward: float | None = Field(
+        default=None, description="F(p) = sigmoid(k (A_av − A_min)) · (Th_p − Th_0)."
+    )
+    trainings: int | None = Field(
+        default=None, ge=0, description="Link sets trained by the search."
+    )
 
 
 class CrossLink(Resource):
-    """Lets one DNNService run part of its work on another service's blocks."""
+    """Lets one DNNService run part of its work on another service's blocks (CoDE)."""
 
     kind: Literal["CrossLink"] = Field(default="CrossLink", description="CrossLink")
-    spec: CrossLinkSpec
-    status: CrossLinkStatus | None = None
+    spec: CrossLinkSpec = Field(description="Services, path or search, links and training.")
+    status: CrossLinkStatus | None = Field(
+        default=None, description="Observed state, written by the operator."
+    )

@@ -1,26 +1,36 @@
-"""DNNService: one DNN to run split across the cluster, and what "good" means for it."""
+"""DNNService: one DNN to run split across the cluster, and what "good" means for it.
+
+The spec says which model, on which hardware classes (tiers), where requests arrive, what
+to optimise (latency, energy or throughput, under SLOs), which early exits may be taken,
+when to replan and how the stage workers run. The operator answers with a SplitPlan and
+reports the gateway URL and the plan's prediction in the status.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from splitdnn.api.common import (
+    PVC_URI,
     ApiModel,
     ArtifactRef,
     DnsLabel,
     LabelMap,
+    ListMap,
     Resource,
     ResourceRequirements,
     ResourceStatus,
     Sha256,
     Toleration,
     cel,
+    nested,
     validated_by,
 )
+from splitdnn.api.errors import FORBIDDEN, REQUIRED
 
-MODEL_SOURCE = r"^(torchvision:[a-z0-9_]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+\.onnx|https://.+)$"
+MODEL_SOURCE = rf"^(torchvision:[a-z0-9_]+|{PVC_URI}\.onnx|https://.+)$"
 
 
 class ModelSpec(ApiModel):
@@ -28,17 +38,19 @@ class ModelSpec(ApiModel):
 
     model_config = validated_by(
         cel("!self.source.startsWith('https://') || has(self.sha256)",
-            "sha256 is required for https:// model sources", ".sha256"),
+            "sha256 is required for https:// model sources", ".sha256", REQUIRED),
+        cel("!self.source.startsWith('torchvision:') || !has(self.sha256)",
+            "sha256 applies to ONNX files, not to torchvision: models", ".sha256", FORBIDDEN),
         cel("self.source.startsWith('torchvision:') || !has(self.weights)",
-            "weights apply only to torchvision: models", ".weights"),
+            "weights apply only to torchvision: models", ".weights", FORBIDDEN),
     )
 
     source: str = Field(
         max_length=2048,
         pattern=MODEL_SOURCE,
         description=(
-            "torchvision:NAME (any torchvision classification model), "
-            "pvc://CLAIM/PATH.onnx or https://URL of an ONNX file."
+            "torchvision:NAME (any torchvision classification model, e.g. "
+            "torchvision:resnet50), pvc://CLAIM/PATH.onnx or https://URL of an ONNX file."
         ),
     )
     sha256: Sha256 | None = Field(
@@ -47,9 +59,10 @@ class ModelSpec(ApiModel):
     )
     weights: ArtifactRef | None = Field(
         default=None,
-        description="A state dict for a torchvision model; random weights when unset.",
+        description="A state dict for a torchvision model; random weights (fixed seed) when "
+                    "unset.",
     )
-    input_shape: list[int] | None = Field(
+    input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None, min_length=1, max_length=8,
         description="Shape of one request, e.g. [1, 3, 224, 224]; default: the model's own.",
     )
@@ -64,7 +77,8 @@ class TierSpec(ApiModel):
     name: DnsLabel = Field(description="Tier name used in plans, e.g. jetson-nano or v100.")
     node_selector: LabelMap = Field(
         default_factory=dict,
-        description="Labels a node needs to belong to this tier.",
+        description="Labels a node needs to belong to this tier, e.g. "
+                    "{nvidia.com/gpu.product: Tesla-V100-SXM2-16GB}.",
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=8, description="Taints stages on this tier tolerate."
@@ -78,6 +92,11 @@ class SourceSpec(ApiModel):
     """Where requests enter (and results leave) the cluster."""
 
     tier: DnsLabel = Field(description="Tier where requests arrive, e.g. the camera board.")
+    node_selector: LabelMap | None = Field(
+        default=None,
+        description="Labels of the node(s) where requests arrive, when only some nodes of the "
+                    "tier have the camera; the gateway runs there. Default: any node of tier.",
+    )
     sink: DnsLabel | None = Field(
         default=None, description="Tier that receives results; default: the source tier."
     )
@@ -87,7 +106,9 @@ class ObjectiveSpec(ApiModel):
     """What the planner optimises."""
 
     kind: Literal["latency", "energy", "throughput"] = Field(
-        default="latency", description="latency, energy or throughput."
+        default="latency",
+        description="latency (end-to-end per request), energy (per request) or throughput "
+                    "(requests/s of the pipelined stages).",
     )
     latency_weight: float = Field(
         default=1.0, ge=0, description="Weight of latency in a weighted latency/energy cost."
@@ -99,7 +120,7 @@ class ObjectiveSpec(ApiModel):
 
 
 class SloSpec(ApiModel):
-    """Service-level objectives the plan must meet."""
+    """Service-level objectives the plan must meet (the planner's constraints)."""
 
     latency_ms: float | None = Field(
         default=None, gt=0, description="End-to-end latency budget per request (ms)."
@@ -113,15 +134,20 @@ class SloSpec(ApiModel):
 
 
 class ExitSpec(ApiModel):
-    """An early-exit head after a layer: confident results return early."""
+    """An early-exit head after a layer: results confident enough return early."""
 
-    after_layer: int = Field(ge=0, description="Layer index after which the head runs.")
+    after_layer: int = Field(
+        ge=0,
+        description="Layer index (as `splitdnn inspect` numbers layers) after which the head "
+                    "runs; it must end a segment (a cut point).",
+    )
     head: ArtifactRef = Field(description="The exit head as an ONNX file.")
     threshold: float = Field(
         gt=0, le=1, description="Top softmax probability at which the exit is taken."
     )
     accuracy: float | None = Field(
-        default=None, ge=0, le=1, description="Measured accuracy of this exit."
+        default=None, ge=0, le=1,
+        description="Accuracy of results leaving at this exit; measured when unset.",
     )
 
 
@@ -145,14 +171,13 @@ class RuntimeSpec(ApiModel):
         default="auto", description="ONNX Runtime execution provider; auto picks the fastest."
     )
     threads: int | None = Field(
-        default=None, ge=1, le=64, description="Intra-op threads per worker."
+        default=None, ge=1, le=64,
+        description="Intra-op threads per worker; default: the container's CPU limit.",
     )
     resources: ResourceRequirements | None = Field(
         default=None, description="Container resources of each stage worker."
     )
-    batching: BatchingSpec = Field(
-        default_factory=BatchingSpec, description="Micro-batching settings."
-    )
+    batching: BatchingSpec = nested(BatchingSpec, "Micro-batching settings.")
 
 
 class ReplanSpec(ApiModel):
@@ -160,16 +185,20 @@ class ReplanSpec(ApiModel):
 
     mode: Literal["Auto", "Manual"] = Field(
         default="Auto",
-        description="Auto: replan on spec, node, profile or latency changes; Manual: never.",
+        description="Auto: replan on spec, node, profile or latency-drift changes; Manual: only "
+                    "when the spec changes.",
     )
     latency_drift_percent: float = Field(
-        default=25, gt=0, description="Replan when measured latency exceeds the prediction by this."
+        default=25, gt=0, le=1000,
+        description="Replan when measured latency exceeds the prediction by this much (%).",
     )
     min_interval_seconds: int = Field(
-        default=60, ge=0, description="Least time between two drift-triggered replans."
+        default=60, ge=0, le=86400,
+        description="Least time between two replans not caused by a spec change (hysteresis).",
     )
     min_improvement_percent: float = Field(
-        default=10, ge=0, description="A new plan must beat the current one by this much."
+        default=10, ge=0, le=100,
+        description="A new plan replaces the current one only if it is this much better (%).",
     )
 
 
@@ -177,33 +206,27 @@ class DNNServiceSpec(ApiModel):
     """Desired state of a DNNService."""
 
     model_config = validated_by(
-        cel("!has(self.tiers) || self.tiers.all(a, self.tiers.exists_one(b, "
-            "b.name == a.name))", "tier names must be unique", ".tiers"),
         cel("!has(self.tiers) || size(self.tiers) == 0 || "
             "self.tiers.exists(t, t.name == self.source.tier)",
             "source.tier must name one of the tiers", ".source.tier"),
-        cel("!has(self.exits) || self.exits.all(a, self.exits.exists_one(b, "
-            "b.afterLayer == a.afterLayer))",
-            "at most one exit per layer", ".exits"),
+        cel("!has(self.tiers) || size(self.tiers) == 0 || !has(self.source.sink) || "
+            "self.tiers.exists(t, t.name == self.source.sink)",
+            "source.sink must name one of the tiers", ".source.sink"),
     )
 
     model: ModelSpec = Field(description="The model to split and serve.")
     source: SourceSpec = Field(description="Where requests arrive.")
-    tiers: list[TierSpec] | None = Field(
+    tiers: Annotated[list[TierSpec], ListMap("name")] | None = Field(
         default=None, max_length=16,
         description="Candidate hardware classes; default: every class discovered on the nodes.",
     )
-    objective: ObjectiveSpec = Field(
-        default_factory=ObjectiveSpec, description="What the planner optimises."
-    )
+    objective: ObjectiveSpec = nested(ObjectiveSpec, "What the planner optimises.")
     slo: SloSpec | None = Field(default=None, description="Budgets the plan must meet.")
-    exits: list[ExitSpec] | None = Field(
+    exits: Annotated[list[ExitSpec], ListMap("afterLayer")] | None = Field(
         default=None, max_length=8, description="Early-exit heads the planner may use."
     )
-    replan: ReplanSpec = Field(default_factory=ReplanSpec, description="Replanning policy.")
-    runtime: RuntimeSpec = Field(
-        default_factory=RuntimeSpec, description="Stage worker settings."
-    )
+    replan: ReplanSpec = nested(ReplanSpec, "Replanning policy.")
+    runtime: RuntimeSpec = nested(RuntimeSpec, "Stage worker settings.")
 
 
 class DNNServiceStatus(ResourceStatus):
@@ -216,11 +239,20 @@ class DNNServiceStatus(ResourceStatus):
     split_plan: str | None = Field(
         default=None, max_length=253, description="Name of the SplitPlan serving this model."
     )
+    model_digest: Sha256 | None = Field(
+        default=None, description="SHA-256 of the analysed ONNX model."
+    )
+    segments: int | None = Field(
+        default=None, ge=0, description="Atomic segments (runs between cut points) found."
+    )
     stages: int | None = Field(default=None, ge=0, description="Stages in the current plan.")
     predicted_latency_ms: float | None = Field(
         default=None, ge=0, description="Predicted end-to-end latency of the current plan (ms)."
     )
-    hardware_classes: list[str] | None = Field(
+    measured_latency_ms: float | None = Field(
+        default=None, ge=0, description="Measured end-to-end latency at the gateway (ms)."
+    )
+    hardware_classes: list[Annotated[str, Field(max_length=63)]] | None = Field(
         default=None, max_length=32, description="Hardware classes considered when planning."
     )
 
@@ -229,5 +261,7 @@ class DNNService(Resource):
     """A DNN served split into blocks across the nodes of an edge cluster."""
 
     kind: Literal["DNNService"] = Field(default="DNNService", description="DNNService")
-    spec: DNNServiceSpec
-    status: DNNServiceStatus | None = None
+    spec: DNNServiceSpec = Field(description="Desired state: model, tiers, objective, SLOs.")
+    status: DNNServiceStatus | None = Field(
+        default=None, description="Observed state, written by the operator."
+    )

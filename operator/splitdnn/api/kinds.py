@@ -1,11 +1,15 @@
-"""The custom resource kinds: names, schemas and printer columns, in one table."""
+"""The custom resource kinds: names, schemas and printer columns, in one table.
+
+Everything kind-specific that the CRD generator and the validators need lives here, so a
+new kind is one row.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from splitdnn.api.common import ApiModel
+from splitdnn.api.common import GROUP, ApiModel
 from splitdnn.api.crosslink import CrossLink, CrossLinkSpec, CrossLinkStatus
 from splitdnn.api.dnnservice import DNNService, DNNServiceSpec, DNNServiceStatus
 from splitdnn.api.splitplan import SplitPlan, SplitPlanSpec, SplitPlanStatus
@@ -47,29 +51,36 @@ class Kind:
 
     @property
     def singular(self) -> str:
+        """The lower-case singular name (``dnnservice``)."""
         return self.kind.lower()
 
     @property
     def crd_name(self) -> str:
-        return f"{self.plural}.splitdnn.io"
+        """The CRD's metadata.name (``dnnservices.splitdnn.io``)."""
+        return f"{self.plural}.{GROUP}"
 
 
 KINDS = [
     Kind("DNNService", "dnnservices", ["dnns"], DNNService, DNNServiceSpec, DNNServiceStatus, [
         *READY_COLUMNS,
         column("Model", ".spec.model.source"),
-        column("Stages", ".status.stages", "integer"),
+        column("Stages", ".status.stages", "integer", description="Stages in the current plan"),
         column("Latency-ms", ".status.predictedLatencyMs", "number",
                description="Predicted end-to-end latency"),
+        column("Measured-ms", ".status.measuredLatencyMs", "number", priority=1,
+               description="Measured end-to-end latency"),
+        column("Plan", ".status.splitPlan", priority=1),
         column("URL", ".status.url", priority=1),
         AGE_COLUMN,
     ]),
     Kind("SplitPlan", "splitplans", ["sp"], SplitPlan, SplitPlanSpec, SplitPlanStatus, [
         *READY_COLUMNS,
         column("Service", ".spec.serviceRef.name"),
-        column("Tiers", ".spec.stages[*].tier", description="Tier of each stage, in order"),
+        column("Placement", ".status.placement", description="Tier and layer range per stage"),
         column("Latency-ms", ".spec.predicted.latencyMs", "number",
                description="Predicted end-to-end latency"),
+        column("Measured-ms", ".status.measured.latencyMs", "number", priority=1,
+               description="Measured end-to-end latency"),
         column("Phase", ".status.phase", priority=1),
         AGE_COLUMN,
     ]),
@@ -77,6 +88,8 @@ KINDS = [
         *READY_COLUMNS,
         column("Local", ".spec.localService"),
         column("Host", ".spec.hostService"),
+        column("Accuracy", ".status.avgAccuracy", "number",
+               description="Average accuracy, local and offloaded"),
         column("Gain", ".status.throughputGain", "number",
                description="Throughput gain over the uncoordinated baseline"),
         column("Reward", ".status.reward", "number", priority=1),

@@ -1,9 +1,13 @@
-"""SplitPlan: where each block of a DNNService runs. Written by the operator, or by a user
-who pins it with the annotation ``splitdnn.io/pinned: "true"``."""
+"""SplitPlan: where each block of a DNNService runs, and how fast it is predicted to be.
+
+The operator writes one per DNNService (owned by it). A user may write one instead and pin
+it with the annotation ``splitdnn.io/pinned: "true"``: the operator then rolls it out as
+written and never replaces it with a plan of its own.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -11,6 +15,8 @@ from splitdnn.api.common import (
     ApiModel,
     DnsLabel,
     LabelMap,
+    ListMap,
+    NonNegative,
     Resource,
     ResourceStatus,
     Sha256,
@@ -20,29 +26,48 @@ from splitdnn.api.common import (
 )
 
 PINNED_ANNOTATION = "splitdnn.io/pinned"
-LayerRange = list[int]
+LayerRange = Annotated[list[NonNegative], Field(min_length=2, max_length=2)]
+
+LAYERS_ORDERED = cel(
+    "self.layers[0] <= self.layers[1]",
+    "layers must be [first, last] with first <= last", ".layers",
+)
+STAGES_FROM_LAYER_ZERO = cel(
+    "size(self.stages) == 0 || self.stages[0].layers[0] == 0",
+    "the first stage must start at layer 0", ".stages",
+)
+STAGES_ORDERED = cel(
+    "self.stages.map(s, s.layers[0]).isSorted() && "
+    "self.stages.all(a, self.stages.exists_one(b, b.layers[0] == a.layers[0]))",
+    "stages must be listed in layer order, each starting at a different layer", ".stages",
+)
+# With the two rules above, "some stage ends right before" can only be the previous stage.
+STAGES_CONTIGUOUS = cel(
+    "self.stages.all(s, s.layers[0] == self.stages[0].layers[0] || "
+    "self.stages.exists(p, p.layers[1] + 1 == s.layers[0]))",
+    "each stage must start right after the previous stage's last layer "
+    "(no gaps, no overlaps)", ".stages",
+)
+STAGE_RULES = (STAGES_FROM_LAYER_ZERO, STAGES_ORDERED, STAGES_CONTIGUOUS)
 
 
 class StageExit(ApiModel):
     """An early exit taken after this stage's last layer."""
 
-    index: int = Field(ge=0, description="Index into the service's spec.exits.")
+    index: int = Field(ge=0, le=7, description="Index into the service's spec.exits.")
     threshold: float = Field(gt=0, le=1, description="Confidence at which the exit is taken.")
 
 
 class StageSpec(ApiModel):
     """One stage: a contiguous range of layers running on one tier."""
 
-    model_config = validated_by(
-        cel("self.layers[0] <= self.layers[1]",
-            "layers must be [first, last] with first <= last", ".layers"),
-    )
+    model_config = validated_by(LAYERS_ORDERED)
 
     name: DnsLabel = Field(description="Stage name; its Deployment is <plan>-<name>.")
     tier: DnsLabel = Field(description="Tier (hardware class) the stage runs on.")
     layers: LayerRange = Field(
-        min_length=2, max_length=2,
-        description="Inclusive layer range [first, last], as `splitdnn inspect` numbers layers.",
+        description="Inclusive layer range [first, last], as `splitdnn inspect` numbers layers; "
+                    "last must end a segment (a cut point) unless it is the model's last layer.",
     )
     node_selector: LabelMap = Field(
         default_factory=dict, description="Labels the stage's nodes must have."
@@ -59,7 +84,7 @@ class StageSpec(ApiModel):
 
 
 class Prediction(ApiModel):
-    """What the planner predicts for a plan."""
+    """End-to-end figures of a plan (predicted by the planner, or measured)."""
 
     latency_ms: float | None = Field(default=None, ge=0, description="End-to-end latency (ms).")
     energy_mj: float | None = Field(default=None, ge=0, description="Energy per request (mJ).")
@@ -74,15 +99,19 @@ class Prediction(ApiModel):
 class AlternativeStage(ApiModel):
     """A stage of an alternative plan, in brief."""
 
+    model_config = validated_by(LAYERS_ORDERED)
+
     tier: DnsLabel = Field(description="Tier of the stage.")
-    layers: LayerRange = Field(min_length=2, max_length=2, description="Inclusive layer range.")
+    layers: LayerRange = Field(description="Inclusive layer range [first, last].")
 
 
 class Alternative(Prediction):
     """A Pareto-optimal plan that was not chosen."""
 
+    model_config = validated_by(*STAGE_RULES)
+
     stages: list[AlternativeStage] = Field(
-        max_length=16, description="Stages of the alternative plan."
+        min_length=1, max_length=16, description="Stages of the alternative plan, in order."
     )
 
 
@@ -95,31 +124,24 @@ class ServiceRef(ApiModel):
 class SplitPlanSpec(ApiModel):
     """Desired placement of a DNNService's blocks."""
 
-    model_config = validated_by(
-        cel("self.stages[0].layers[0] == 0", "the first stage must start at layer 0",
-            ".stages"),
-        cel("self.stages.map(s, s.layers[0]).isSorted()",
-            "stages must be listed in layer order", ".stages"),
-        cel("self.stages.all(s, s.layers[0] == 0 || "
-            "self.stages.exists_one(p, p.layers[1] + 1 == s.layers[0]))",
-            "each stage must start right after the previous stage's last layer "
-            "(no gaps, no overlaps)", ".stages"),
-        cel("self.stages.all(a, self.stages.exists_one(b, b.name == a.name))",
-            "stage names must be unique", ".stages"),
-    )
+    model_config = validated_by(*STAGE_RULES)
 
     service_ref: ServiceRef = Field(description="The DNNService this plan serves.")
-    stages: list[StageSpec] = Field(
-        min_length=1, max_length=16, description="Stages in layer order, first to last."
+    stages: Annotated[list[StageSpec], ListMap("name")] = Field(
+        min_length=1, max_length=16,
+        description="Stages in layer order, first to last; together they cover every layer "
+                    "once, from layer 0.",
     )
     predicted: Prediction | None = Field(
         default=None, description="The planner's prediction for this plan."
     )
     alternatives: list[Alternative] | None = Field(
-        default=None, max_length=32, description="Pareto-optimal plans that were not chosen."
+        default=None, max_length=32,
+        description="Pareto-optimal plans (latency vs energy) that were not chosen.",
     )
     algorithm: str | None = Field(
-        default=None, max_length=63, description="Planner algorithm that produced the plan."
+        default=None, max_length=63,
+        description="Planner algorithm that produced the plan (e.g. chain, roadrunner).",
     )
 
 
@@ -129,7 +151,7 @@ class StageStatus(ApiModel):
     name: str = Field(max_length=63, description="Stage name.")
     replicas: int | None = Field(default=None, ge=0, description="Replicas wanted.")
     ready_replicas: int | None = Field(default=None, ge=0, description="Replicas ready.")
-    nodes: list[str] | None = Field(
+    nodes: list[Annotated[str, Field(max_length=253)]] | None = Field(
         default=None, max_length=64, description="Nodes running the stage."
     )
     latency_ms: float | None = Field(
@@ -146,7 +168,11 @@ class SplitPlanStatus(ResourceStatus):
     phase: Literal["Pending", "RollingOut", "Serving", "Failed"] | None = Field(
         default=None, description="Summary of the rollout."
     )
-    stages: list[StageStatus] | None = Field(
+    placement: str | None = Field(
+        default=None, max_length=1024,
+        description="The stages in brief, e.g. jetson-nano[0-38] v100[39-121] (for kubectl get).",
+    )
+    stages: Annotated[list[StageStatus], ListMap("name")] | None = Field(
         default=None, max_length=16, description="Per-stage readiness and measurements."
     )
     measured: Prediction | None = Field(
@@ -155,8 +181,12 @@ class SplitPlanStatus(ResourceStatus):
 
 
 class SplitPlan(Resource):
-    """Where each block of a DNNService runs, and how fast it is predicted to be."""
+    """Where each block of a DNNService runs, and how fast it is predicted to be. Written by
+    the operator, or by a user who pins it with the annotation splitdnn.io/pinned: "true" (the
+    operator then rolls it out as written and never replaces it)."""
 
     kind: Literal["SplitPlan"] = Field(default="SplitPlan", description="SplitPlan")
-    spec: SplitPlanSpec
-    status: SplitPlanStatus | None = None
+    spec: SplitPlanSpec = Field(description="Stages, predictions and Pareto alternatives.")
+    status: SplitPlanStatus | None = Field(
+        default=None, description="Observed state, written by the operator."
+    )
