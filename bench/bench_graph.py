@@ -1,130 +1,226 @@
-"""Benchmark the model graph: export, inspect, split and verify of a large model (ResNet-152).
+"""Benchmark the model graph on one large model: inspect time and the size of every block.
 
-Measures, in one run on this machine: cold export (empty cache), warm ``inspect`` in-process
-(median of 5) and through the CLI, the size of every block for a 4-block balanced split and
-for a split at every cut point (duplication overhead = sum of block files / whole model
-file), split time and verify error. Prints a markdown section; ``--write FILE`` replaces the
-section between its markers in that file.
+For ``torchvision:resnet152`` by default, in one run on this machine:
 
-    python bench/bench_graph.py --model torchvision:resnet152 --write docs/benchmarks.md
+- cold export: ``resolve_model`` into an empty, temporary cache (ONNX export included),
+  then the first ``analyse_model``;
+- warm ``inspect``: resolve + analyse in this process (median of ``--repeats``), and once
+  through the CLI in a new process (``splitdnn inspect MODEL --json``, imports included);
+- layers, cut points, segments, GFLOPs and the whole model's file size;
+- two splits, into ``--blocks`` blocks of similar FLOPs and at every cut point (one block per
+  segment): split time, verify time and max abs error, every block's file size, and the
+  duplication overhead = sum of block files / whole model file.
+
+Prints a markdown section; ``--write FILE`` replaces the ``bench_graph`` section of FILE::
+
+    python bench/bench_graph.py --write docs/benchmarks.md      # what `make bench` runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from markdown import write_section
+from doc_section import load_average, machine_line, write_section
+
+T = TypeVar("T")
+INLINE_BLOCK_TABLE = 8  # splits with more blocks list their sizes on one line
 
 
-def timed(action: Callable[[], Any]) -> tuple[float, Any]:
+@dataclass(frozen=True)
+class SplitResult:
+    """What one split + verify produced."""
+
+    label: str
+    blocks: list[dict[str, Any]]
+    split_s: float
+    verify_s: float
+    max_abs_error: float
+    passed: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(block["bytes"]) for block in self.blocks)
+
+
+def timed(action: Callable[[], T]) -> tuple[float, T]:
     """Seconds taken by ``action`` and its result."""
     began = time.perf_counter()
     result = action()
     return time.perf_counter() - began, result
 
 
-def machine() -> str:
-    """CPU model, cores, memory and library versions, for the record."""
-    import onnx
-    import onnxruntime
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
-    memory_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text()
-                      .splitlines() if line.startswith("MemTotal"))
-    return (f"{cpu}, {os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB; Python "
-            f"{platform.python_version()}, torch {torch.__version__}, onnx {onnx.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}")
+def model_bytes(onnx_path: Path) -> int:
+    """Size of an ONNX file plus its external data file, if it has one."""
+    data = onnx_path.with_name(onnx_path.name + ".data")
+    return onnx_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def analyse(reference: str) -> tuple[Any, Any]:
+    """Resolve (exporting if not cached) and analyse: what ``splitdnn inspect`` does."""
     from splitdnn.graph import analyse_model, resolve_model
 
     resolved = resolve_model(reference)
     return resolved, analyse_model(resolved.onnx_path, resolved.input_shape, source=reference)
 
 
-def split_report(graph: Any, cuts: list[int], whole_bytes: int, label: str) -> list[str]:
-    """Split at ``cuts``, verify, and describe the blocks as markdown lines."""
-    from splitdnn.graph import split_model, verify_blocks
+def cold_inspect(reference: str) -> tuple[float, float, Any, Any]:
+    """Export into the (empty) cache, then analyse: seconds for each, resolved model, graph."""
+    from splitdnn.graph import analyse_model, resolve_model
 
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "blocks"
-        seconds, manifest = timed(lambda: split_model(graph, cuts, out))
-        report = verify_blocks(out, samples=2)
-    sizes = [block["bytes"] for block in manifest.blocks]
-    lines = [
-        f"**{label}** — {len(sizes)} blocks, split in {seconds:.2f} s, verify max abs error "
-        f"{report.max_abs_error:.2e} ({'pass' if report.passed else 'FAIL'}), "
-        f"{sum(block['batch_free'] for block in manifest.blocks)} of {len(sizes)} batch-free; "
-        f"sum of block files / whole model file = {sum(sizes) / whole_bytes:.4f}",
-        "",
-    ]
-    if len(sizes) <= 8:
-        lines += ["| block | layers | output shape | file size |", "|---|---|---|---|"]
-        lines += [f"| {block['index']} | {block['layers'][0]}–{block['layers'][1]} | "
-                  f"{block['output']['shape']} | {block['bytes'] / 1e6:.2f} MB |"
-                  for block in manifest.blocks]
-    else:
-        lines.append(f"block sizes (MB): {', '.join(f'{size / 1e6:.2f}' for size in sizes)}")
-    return [*lines, ""]
+    export_s, resolved = timed(lambda: resolve_model(reference))
+    analyse_s, graph = timed(
+        lambda: analyse_model(resolved.onnx_path, resolved.input_shape, source=reference))
+    return export_s, analyse_s, resolved, graph
 
 
-def cli_inspect_seconds(reference: str) -> float:
-    command = [sys.executable, "-m", "splitdnn", "inspect", reference, "--json"]
-    seconds, _ = timed(lambda: subprocess.run(command, check=True, capture_output=True))
+def warm_inspect(reference: str, repeats: int) -> float:
+    """Median seconds of resolve + analyse with the export cached."""
+    return statistics.median(timed(lambda: analyse(reference))[0] for _ in range(repeats))
+
+
+def cli_command() -> list[str]:
+    """The installed ``splitdnn`` script beside this interpreter, else ``python -m splitdnn``."""
+    script = Path(sys.executable).with_name("splitdnn")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "splitdnn"]
+
+
+def cli_inspect(reference: str, expected_layers: int) -> float:
+    """Wall time of ``splitdnn inspect MODEL --json`` in a new process; checks its output."""
+    command = [*cli_command(), "inspect", reference, "--json"]
+    seconds, done = timed(lambda: subprocess.run(command, capture_output=True, text=True))
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr}")
+    layers = len(json.loads(done.stdout)["layers"])
+    if layers != expected_layers:
+        raise SystemExit(f"CLI inspect found {layers} layers, the library {expected_layers}")
     return seconds
 
 
-def run(reference: str) -> str:
+def split_and_verify(graph: Any, cuts: list[int], label: str, samples: int) -> SplitResult:
+    """Split at ``cuts`` into a scratch folder, verify, and delete the blocks."""
+    from splitdnn.graph import split_model, verify_blocks
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-graph-"))
+    try:
+        split_s, manifest = timed(lambda: split_model(graph, cuts, scratch / "blocks"))
+        verify_s, report = timed(lambda: verify_blocks(scratch / "blocks", samples=samples))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return SplitResult(label, manifest.blocks, split_s, verify_s,
+                       report.max_abs_error, report.passed)
+
+
+def megabytes(size: float) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
+def split_lines(result: SplitResult, whole_bytes: int, samples: int) -> list[str]:
+    """Markdown for one split: summary sentence, then the blocks."""
+    count = len(result.blocks)
+    sizes = [int(block["bytes"]) for block in result.blocks]
+    lines = [
+        f"**{result.label}**: {count} blocks; split {result.split_s:.2f} s, verify "
+        f"({samples} samples) {result.verify_s:.2f} s, max abs error "
+        f"{result.max_abs_error:.1e} ({'pass' if result.passed else 'FAIL'}); "
+        f"{sum(bool(block['batch_free']) for block in result.blocks)} of {count} blocks "
+        f"batch-free. Sum of block files {megabytes(result.total_bytes)} = "
+        f"**{result.total_bytes / whole_bytes:.4f}×** the whole model file "
+        f"(+{megabytes(result.total_bytes - whole_bytes)}).",
+        "",
+    ]
+    if count <= INLINE_BLOCK_TABLE:
+        lines += ["| block | layers | input shape | output shape | GFLOPs | file size |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {block['index']} | {block['layers'][0]}–{block['layers'][1]} | "
+                  f"{block['input']['shape']} | {block['output']['shape']} | "
+                  f"{block['flops'] / 1e9:.2f} | {megabytes(block['bytes'])} |"
+                  for block in result.blocks]
+    else:
+        smallest, largest = min(sizes), max(sizes)
+        lines += [
+            f"Block files from {smallest / 1e3:.1f} kB to {megabytes(largest)} (median "
+            f"{statistics.median(sizes) / 1e3:.1f} kB).",
+            "",
+            "<details><summary>every block's file size, in block order (kB)</summary>",
+            "",
+            ", ".join(f"{size / 1e3:.1f}" for size in sizes),
+            "",
+            "</details>",
+        ]
+    return [*lines, ""]
+
+
+def measure(reference: str, blocks: int, repeats: int, samples: int) -> str:
+    """Run every measurement with a fresh cache and return the markdown section."""
     from splitdnn.graph.blocks import balanced_cuts
 
-    with tempfile.TemporaryDirectory() as cold_cache:
-        os.environ["SPLITDNN_CACHE_DIR"] = cold_cache
-        cold, (resolved, graph) = timed(lambda: analyse(reference))
-        warm = statistics.median(timed(lambda: analyse(reference))[0] for _ in range(5))
-        cli = cli_inspect_seconds(reference)
-        whole = resolved.onnx_path.stat().st_size
-        gflops = sum(layer.flops for layer in graph.layers) / 1e9
-        lines = [
-            f"## Model graph: `{reference}` ({date.today().isoformat()})",
-            "",
-            f"Machine: {machine()}.",
-            "",
-            "| step | time |",
-            "|---|---|",
-            f"| cold: export to ONNX + inspect (empty cache) | {cold:.2f} s |",
-            f"| warm inspect, in process (median of 5) | {warm:.3f} s |",
-            f"| warm `splitdnn inspect --json` (new process, imports included) | {cli:.2f} s |",
-            "",
-            f"{len(graph.layers)} layers, {len(graph.cut_points)} cut points, "
-            f"{len(graph.segments)} segments, {gflops:.1f} GFLOPs; "
-            f"whole model file {whole / 1e6:.1f} MB.",
-            "",
+    load_before = load_average()
+    cold_cache = Path(tempfile.mkdtemp(prefix="bench-graph-cache-"))
+    os.environ["SPLITDNN_CACHE_DIR"] = str(cold_cache)  # inherited by the CLI process
+    try:
+        export_s, first_analyse_s, resolved, graph = cold_inspect(reference)
+        warm_s = warm_inspect(reference, repeats)
+        cli_s = cli_inspect(reference, len(graph.layers))
+        whole = model_bytes(resolved.onnx_path)
+        splits = [
+            split_and_verify(graph, balanced_cuts(graph, blocks), f"{blocks} blocks of similar "
+                             "FLOPs", samples),
+            split_and_verify(graph, graph.cut_points, "Every cut point (one block per segment)",
+                             samples),
         ]
-        lines += split_report(graph, balanced_cuts(graph, 4), whole, "4 blocks of similar FLOPs")
-        lines += split_report(graph, graph.cut_points, whole, "every cut point")
+    finally:
+        shutil.rmtree(cold_cache, ignore_errors=True)
+    gflops = sum(layer.flops for layer in graph.layers) / 1e9
+    params = sum(layer.params_bytes for layer in graph.layers)
+    lines = [
+        f"## Model graph: `{reference}` ({date.today().isoformat()})",
+        "",
+        f"{machine_line()} Load average {load_before} at the start, {load_average()} at the "
+        "end (other jobs may share the 2 cores; times are wall clock).",
+        "",
+        f"Input {list(graph.input.shape)}; **{len(graph.layers)} layers, "
+        f"{len(graph.cut_points)} cut points, {len(graph.segments)} segments**; "
+        f"{gflops:.2f} GFLOPs; parameters {megabytes(params)}; whole model file "
+        f"{megabytes(whole)}.",
+        "",
+        "| step | time |",
+        "|---|---|",
+        f"| cold: export to ONNX (empty cache, includes importing torch) | {export_s:.2f} s |",
+        f"| cold: first analyse after the export | {first_analyse_s:.2f} s |",
+        f"| warm inspect in process: resolve + analyse (median of {repeats}) | {warm_s:.3f} s |",
+        f"| warm `splitdnn inspect {reference} --json` (new process) | {cli_s:.2f} s |",
+        "",
+        "The cold export varies about 2× between runs: it includes importing torch, which "
+        "reads ~1 GB of libraries from disk when the OS has not cached them yet.",
+        "",
+    ]
+    for result in splits:
+        lines += split_lines(result, whole, samples)
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="torchvision:resnet152")
-    parser.add_argument("--write", type=Path, help="markdown file to update")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model", default="torchvision:resnet152", help="model reference")
+    parser.add_argument("--blocks", type=int, default=4, help="blocks in the balanced split")
+    parser.add_argument("--repeats", type=int, default=5, help="warm inspect repetitions")
+    parser.add_argument("--samples", type=int, default=2, help="random inputs for verify")
+    parser.add_argument("--write", type=Path, help="markdown file whose section to replace")
     args = parser.parse_args()
-    section = run(args.model)
+    section = measure(args.model, args.blocks, args.repeats, args.samples)
     print(section)
     if args.write:
         write_section(args.write, "bench_graph", section)

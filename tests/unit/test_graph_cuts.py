@@ -241,7 +241,7 @@ def test_blocks_run_in_onnxruntime_on_their_own(tmp_path: Path) -> None:
 
 def _replace_block(directory: Path, index: int, change: Callable[[onnx.ModelProto], None]) -> None:
     """Rewrite a block and record its new digest, as a buggy splitter would have."""
-    from splitdnn.graph.sources import file_sha256
+    from splitdnn.graph.sources import model_sha256
 
     path = directory / f"block_{index}.onnx"
     model = onnx.load(str(path))
@@ -249,7 +249,7 @@ def _replace_block(directory: Path, index: int, change: Callable[[onnx.ModelProt
     onnx.save(model, str(path))
     manifest_path = directory / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["blocks"][index]["sha256"] = file_sha256(path)
+    manifest["blocks"][index]["sha256"] = model_sha256(path)
     manifest_path.write_text(json.dumps(manifest))
 
 
@@ -315,3 +315,43 @@ def test_a_block_onnxruntime_cannot_load_is_a_clear_error(tmp_path: Path) -> Non
     _replace_block(out, 1, unknown_op)
     with pytest.raises(GraphError, match=r"ONNX Runtime cannot load .*block_1\.onnx"):
         verify_blocks(out)
+
+
+def test_external_weights_are_counted_and_digested(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from splitdnn.graph import GraphError, blocks
+
+    monkeypatch.setattr(blocks, "EXTERNAL_DATA_THRESHOLD", 1000)  # as for blocks over 1.8 GB
+    graph = analyse_model(onnx_graphs.shared_constant_producer(tmp_path / "model.onnx"))
+    out = tmp_path / "blocks"
+    manifest = split_model(graph, [1], out)
+    data = out / "block_0.onnx.data"
+    assert data.is_file()
+    graph_bytes = (out / "block_0.onnx").stat().st_size
+    assert manifest.blocks[0]["bytes"] == graph_bytes + data.stat().st_size
+    assert verify_blocks(out, samples=1).passed
+    raw = bytearray(data.read_bytes())
+    raw[:4] = b"\x7f" * 4  # corrupt one weight
+    data.write_bytes(bytes(raw))
+    with pytest.raises(GraphError, match="does not match the manifest"):
+        verify_blocks(out)
+
+
+def test_nan_output_is_reported_not_hidden(tmp_path: Path) -> None:
+    graph = analyse_model(onnx_graphs.sequential(tmp_path / "model.onnx"))
+    out = tmp_path / "blocks"
+    split_model(graph, [0], out)
+
+    def output_nan(model: onnx.ModelProto) -> None:
+        output = model.graph.output[0].name
+        for node in model.graph.node:
+            node.output[:] = [name + "_raw" if name == output else name for name in node.output]
+        model.graph.initializer.append(
+            onnx.numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan"))
+        model.graph.node.append(onnx.helper.make_node("Mul", [output + "_raw", "nan"], [output]))
+
+    _replace_block(out, 1, output_nan)
+    report = verify_blocks(out, samples=2)
+    assert not report.passed
+    assert np.isnan(report.max_abs_error)

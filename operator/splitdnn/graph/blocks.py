@@ -35,7 +35,7 @@ from splitdnn.graph.batching import (
 )
 from splitdnn.graph.errors import InvalidCutError
 from splitdnn.graph.normalise import in_graph_order, node_inputs
-from splitdnn.graph.sources import file_sha256
+from splitdnn.graph.sources import model_files, model_sha256
 
 MANIFEST_NAME = "manifest.json"
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot serialise messages over 2 GiB
@@ -196,13 +196,13 @@ def _write_block(
     return {
         "index": index,
         "file": path.name,
-        "sha256": file_sha256(path),
+        "sha256": model_sha256(path),
         "layers": [first, last],
         "input": graph.tensors[block_input].to_dict(),
         "output": graph.tensors[output].to_dict(),
         "batch_free": relaxed is not None,
         "flops": sum(layer.flops for layer in graph.layers[first : last + 1]),
-        "bytes": path.stat().st_size,
+        "bytes": sum(part.stat().st_size for part in model_files(path)),
     }
 
 
@@ -217,7 +217,7 @@ def _manifest_data(
         "cuts": cuts,
         "source": {
             "file": str(source.resolve()) if source else None,
-            "sha256": file_sha256(source) if source and source.is_file() else None,
+            "sha256": model_sha256(source) if source and source.is_file() else None,
         },
         "blocks": blocks,
     }

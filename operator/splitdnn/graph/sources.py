@@ -59,6 +59,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_files(path: Path) -> list[Path]:
+    """An ONNX file and, when its weights are stored beside it, ``NAME.onnx.data``."""
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.is_file() else [path]
+
+
+def model_sha256(path: Path) -> str:
+    """Hex SHA-256 over an ONNX file and its external data file, so weights are covered too."""
+    digest = hashlib.sha256()
+    for part in model_files(path):
+        with part.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def resolve_model(
     reference: str,
     input_shape: tuple[int, ...] | None = None,

@@ -14,6 +14,7 @@ boundary changes float32 rounding a little (~1e-4 after 100 boundaries in ResNet
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import onnx
 from splitdnn.graph.blocks import BlockManifest
 from splitdnn.graph.errors import GraphError
 from splitdnn.graph.normalise import real_inputs
-from splitdnn.graph.sources import file_sha256, resolve_model
+from splitdnn.graph.sources import model_sha256, resolve_model
 
 CPU_PROVIDERS = ["CPUExecutionProvider"]
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
@@ -74,10 +75,17 @@ def verify_blocks(
         actual = _run_chain(chain, sample)
         error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
         scale = np.abs(expected.astype(np.float64))
-        max_abs = max(max_abs, float(error.max(initial=0.0)))
-        max_rel = max(max_rel, float((error / np.maximum(scale, 1e-12)).max(initial=0.0)))
+        max_abs = _worst(max_abs, float(error.max(initial=0.0)))
+        max_rel = _worst(max_rel, float((error / np.maximum(scale, 1e-12)).max(initial=0.0)))
         passed = passed and bool(np.all(error <= atol + rtol * scale))
     return VerifyReport(len(chain), samples, max_abs, max_rel, atol, rtol, passed)
+
+
+def _worst(so_far: float, current: float) -> float:
+    """The larger error; NaN (a block produced NaN or inf) wins and stays."""
+    if math.isnan(so_far) or math.isnan(current):
+        return math.nan
+    return max(so_far, current)
 
 
 def _check_block_digests(manifest: BlockManifest) -> None:
@@ -85,7 +93,7 @@ def _check_block_digests(manifest: BlockManifest) -> None:
         path = manifest.directory / block["file"]
         if not path.is_file():
             raise GraphError(f"{path} is listed in the manifest but missing")
-        actual = file_sha256(path)
+        actual = model_sha256(path)
         if actual != block["sha256"]:
             raise GraphError(
                 f"{path}: sha256 {actual} does not match the manifest's {block['sha256']}; "
@@ -98,7 +106,7 @@ def _whole_model(manifest: BlockManifest) -> str | bytes:
     source = manifest.data.get("source") or {}
     path = Path(source["file"]) if source.get("file") else None
     shape = [int(size) for size in manifest.data["input"]["shape"]]
-    if path is None or not path.is_file() or file_sha256(path) != source.get("sha256"):
+    if path is None or not path.is_file() or model_sha256(path) != source.get("sha256"):
         path = resolve_model(manifest.data["model"], input_shape=tuple(shape)).onnx_path
     model = onnx.load(str(path), load_external_data=False)
     model_input = real_inputs(model.graph)[0]
