@@ -199,7 +199,7 @@ def test_verify_fails_when_a_block_computes_something_else(tmp_path: Path) -> No
     graph = analyse_model(onnx_graphs.sequential(tmp_path / "model.onnx"))
     out = tmp_path / "blocks"
     split_model(graph, [0], out)
-    _replace_block(out, 1, lambda model: _append_add_one(model))
+    _replace_block(out, 1, _append_add_one)
     report = verify_blocks(out, samples=2)
     assert not report.passed
     assert report.max_abs_error == pytest.approx(1.0, abs=1e-6)
@@ -253,16 +253,20 @@ def _replace_block(directory: Path, index: int, change: Callable[[onnx.ModelProt
     manifest_path.write_text(json.dumps(manifest))
 
 
-def _append_add_one(model: onnx.ModelProto) -> None:
-    """Make the block's output its old output plus one."""
-    output = model.graph.output[0]
-    old_name = output.name
+def _apply_to_output(model: onnx.ModelProto, op: str, operand: float) -> None:
+    """Make the block's output ``op(old output, operand)``."""
+    old_name = model.graph.output[0].name
     for node in model.graph.node:
         node.output[:] = [name + "_raw" if name == old_name else name for name in node.output]
     model.graph.initializer.append(
-        onnx.numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_more"))
-    model.graph.node.append(onnx.helper.make_node("Add", [old_name + "_raw", "one_more"],
+        onnx.numpy_helper.from_array(np.array(operand, dtype=np.float32), "operand"))
+    model.graph.node.append(onnx.helper.make_node(op, [old_name + "_raw", "operand"],
                                                   [old_name]))
+
+
+def _append_add_one(model: onnx.ModelProto) -> None:
+    """Make the block's output its old output plus one."""
+    _apply_to_output(model, "Add", 1.0)
 
 
 def test_blocks_that_batch_per_sample_get_a_free_batch_dimension(tmp_path: Path) -> None:
@@ -344,12 +348,7 @@ def test_nan_output_is_reported_not_hidden(tmp_path: Path) -> None:
     split_model(graph, [0], out)
 
     def output_nan(model: onnx.ModelProto) -> None:
-        output = model.graph.output[0].name
-        for node in model.graph.node:
-            node.output[:] = [name + "_raw" if name == output else name for name in node.output]
-        model.graph.initializer.append(
-            onnx.numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan"))
-        model.graph.node.append(onnx.helper.make_node("Mul", [output + "_raw", "nan"], [output]))
+        _apply_to_output(model, "Mul", np.nan)
 
     _replace_block(out, 1, output_nan)
     report = verify_blocks(out, samples=2)

@@ -13,13 +13,14 @@ otherwise it keeps its static shape and the runtime must not batch it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from splitdnn.graph.errors import GraphError
 from splitdnn.graph.normalise import normalise
+from splitdnn.graph.onnx_runtime import cpu_session, random_input
 
 BATCH_DIM = "batch"
 CHECK_ATOL = 1e-5
@@ -45,12 +46,13 @@ def with_free_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
 
 def _batches_independently(static: onnx.ModelProto, relaxed: onnx.ModelProto) -> bool:
     try:
-        single = _session(static)
-        stacked = _session(relaxed)
-    except Exception:  # ORT rejects the relaxed graph: shapes do not allow another batch size
+        single = cpu_session(static.SerializeToString(), threads=1, log_level=4)
+        stacked = cpu_session(relaxed.SerializeToString(), threads=1, log_level=4)
+    except GraphError:  # ORT rejects the relaxed graph: shapes do not allow another batch size
         return False
     spec = single.get_inputs()[0]
-    samples = [_random_like(spec, seed) for seed in (1, 2)]
+    samples = [random_input(np.random.default_rng(seed), *_input_shape_and_dtype(static))
+               for seed in (1, 2)]
     try:
         batched = stacked.run(None, {spec.name: np.concatenate(samples)})[0]
     except Exception:  # a baked-in shape constant does not fit the larger batch
@@ -61,33 +63,28 @@ def _batches_independently(static: onnx.ModelProto, relaxed: onnx.ModelProto) ->
     )
 
 
-def _session(model: onnx.ModelProto) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def _random_like(spec: Any, seed: int) -> np.ndarray:
-    dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64,
-             "tensor(float16)": np.float16}.get(spec.type, np.int64)
-    rng = np.random.default_rng(seed)
-    shape = [size if isinstance(size, int) else 1 for size in spec.shape]
-    if dtype is np.int64:
-        return rng.integers(0, 10, size=shape).astype(np.int64)
-    return rng.standard_normal(shape).astype(dtype)
+def _input_shape_and_dtype(model: onnx.ModelProto) -> tuple[tuple[int, ...], str]:
+    tensor_type = model.graph.input[0].type.tensor_type
+    shape = tuple(dim.dim_value or 1 for dim in tensor_type.shape.dim)
+    return shape, str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)))
 
 
 BatchFormulas = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def batch_formulas(source: Path, input_shape: tuple[int, ...]) -> BatchFormulas:
-    """Folded integer constants linear in the batch size: name -> (base, slope)."""
+def batch_formulas(
+    source: Path, analysed: onnx.ModelProto, input_shape: tuple[int, ...]
+) -> BatchFormulas:
+    """Folded integer constants linear in the batch size: name -> (base, slope).
+
+    ``analysed`` is ``source`` already normalised at ``input_shape``; the model is
+    normalised again at the next two batch sizes.
+    """
     batch = input_shape[0]
-    samples = [_integer_constants(source, (batch + step, *input_shape[1:])) for step in (0, 1, 2)]
+    samples = [_integer_constants(analysed)] + [
+        _integer_constants(normalise(onnx.load(str(source)), (batch + step, *input_shape[1:])))
+        for step in (1, 2)
+    ]
     formulas: BatchFormulas = {}
     for name, first in samples[0].items():
         second, third = samples[1].get(name), samples[2].get(name)
@@ -99,8 +96,7 @@ def batch_formulas(source: Path, input_shape: tuple[int, ...]) -> BatchFormulas:
     return formulas
 
 
-def _integer_constants(source: Path, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    model = normalise(onnx.load(str(source)), input_shape)
+def _integer_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer
             if tensor.data_type in INTEGER_TYPES and len(tensor.dims) <= 1}
 

@@ -163,7 +163,7 @@ class BatchRelaxer:
     def formulas(self) -> BatchFormulas:
         if self._formulas is None:
             source = Path(self.graph.source_path)
-            self._formulas = batch_formulas(source, self.graph.input.shape) \
+            self._formulas = batch_formulas(source, self.graph.model, self.graph.input.shape) \
                 if source.is_file() else {}
         return self._formulas
 

@@ -43,7 +43,7 @@ def normalise(model: onnx.ModelProto, input_shape: tuple[int, ...] | None) -> on
             f"splitdnn splits models with one input and one output; this model has "
             f"{len(inputs)} input(s) and {len(model.graph.output)} output(s)"
         )
-    _set_input_shape(inputs[0], input_shape)
+    set_input_shape(inputs[0], input_shape)
     ordered = topological_order(_original_nodes(model))
     model.graph.ClearField("node")
     model.graph.node.extend(ordered)
@@ -91,7 +91,8 @@ def _original_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [onnx.NodeProto.FromString(node.SerializeToString()) for node in model.graph.node]
 
 
-def _set_input_shape(value: onnx.ValueInfoProto, input_shape: tuple[int, ...] | None) -> None:
+def set_input_shape(value: onnx.ValueInfoProto, input_shape: tuple[int, ...] | None) -> None:
+    """Give a model input ``input_shape`` (same rank), or check its declared shape is static."""
     dims = value.type.tensor_type.shape.dim
     declared = [dim.dim_value if dim.HasField("dim_value") else None for dim in dims]
     if input_shape is None:

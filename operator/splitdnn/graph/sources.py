@@ -50,12 +50,13 @@ def cache_dir() -> Path:
     return Path(base) / "splitdnn"
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
+def file_sha256(*paths: Path) -> str:
+    """Hex SHA-256 of the files' bytes, one after the other, read in chunks."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in paths:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -67,12 +68,7 @@ def model_files(path: Path) -> list[Path]:
 
 def model_sha256(path: Path) -> str:
     """Hex SHA-256 over an ONNX file and its external data file, so weights are covered too."""
-    digest = hashlib.sha256()
-    for part in model_files(path):
-        with part.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(*model_files(path))
 
 
 def resolve_model(

@@ -24,11 +24,9 @@ import onnx
 
 from splitdnn.graph.blocks import BlockManifest
 from splitdnn.graph.errors import GraphError
-from splitdnn.graph.normalise import real_inputs
+from splitdnn.graph.normalise import real_inputs, set_input_shape
+from splitdnn.graph.onnx_runtime import OPTIMIZATION_LEVELS, cpu_session, random_input
 from splitdnn.graph.sources import model_sha256, resolve_model
-
-CPU_PROVIDERS = ["CPUExecutionProvider"]
-OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 
 
 @dataclass(frozen=True)
@@ -63,14 +61,15 @@ def verify_blocks(
                          f"got {optimization!r}")
     manifest = BlockManifest.load(directory)
     _check_block_digests(manifest)
-    whole = _session(_whole_model(manifest), optimization)
-    chain = [_session(str(directory / block["file"]), optimization) for block in manifest.blocks]
+    whole = cpu_session(_whole_model(manifest), optimization)
+    chain = [cpu_session(str(directory / block["file"]), optimization)
+             for block in manifest.blocks]
     spec = manifest.data["input"]
     rng = np.random.default_rng(seed)
     max_abs = max_rel = 0.0
     passed = True
     for _ in range(samples):
-        sample = _random_input(rng, tuple(spec["shape"]), spec["dtype"])
+        sample = random_input(rng, tuple(spec["shape"]), spec["dtype"])
         expected = whole.run(None, {whole.get_inputs()[0].name: sample})[0]
         actual = _run_chain(chain, sample)
         error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
@@ -116,35 +115,9 @@ def _whole_model(manifest: BlockManifest) -> str | bytes:
     if fits:  # 0 is a symbolic dimension, which takes any size
         return str(path)
     onnx.load_external_data_for_model(model, str(path.parent))
-    model_input.type.tensor_type.shape.ClearField("dim")
-    for size in shape:
-        model_input.type.tensor_type.shape.dim.add().dim_value = size
+    set_input_shape(model_input, tuple(shape))
     model.graph.ClearField("value_info")
     return model.SerializeToString()
-
-
-def _session(model: str | bytes, optimization: str) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
-    try:
-        return ort.InferenceSession(model, options, providers=CPU_PROVIDERS)
-    except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
-        what = model if isinstance(model, str) else "the whole model"
-        raise GraphError(f"ONNX Runtime cannot load {what}: {error}") from error
-
-
-def _random_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    if np.issubdtype(np.dtype(dtype), np.floating):
-        return rng.standard_normal(shape).astype(dtype)
-    return rng.integers(0, 10, size=shape).astype(dtype)
 
 
 def _run_chain(chain: list[Any], sample: np.ndarray) -> np.ndarray:

@@ -1,0 +1,42 @@
+"""ONNX Runtime sessions and random inputs on the CPU, shared by verify and the batch check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from splitdnn.graph.errors import GraphError
+
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+def cpu_session(
+    model: str | bytes, optimization: str = "all", threads: int | None = None,
+    log_level: int = 3,
+) -> Any:
+    """An InferenceSession on the CPU provider; a model ORT rejects is a GraphError."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = log_level
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        what = model if isinstance(model, str) else "the model"
+        raise GraphError(f"ONNX Runtime cannot load {what}: {error}") from error
+
+
+def random_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Standard-normal floats, or integers in [0, 10) for integer inputs."""
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 10, size=shape).astype(dtype)
