@@ -1,22 +1,17 @@
-"""The ``splitdnn`` command line: one typer app, thin wrappers over the library packages.
-
-Exit codes: 0 success, 1 a check failed (``verify`` above tolerance), 2 bad input (unknown
-model, invalid cut, malformed option) with a message on stderr naming what was wrong.
-"""
+"""``splitdnn inspect | split | verify | demo``: the model-graph commands."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from splitdnn.cli.common import JsonOpt, app, fail, human_bytes, parse_int_list, stderr, stdout
 from splitdnn.graph import (
     BlockManifest,
     GraphError,
@@ -27,17 +22,6 @@ from splitdnn.graph import (
     verify_blocks,
 )
 
-app = typer.Typer(
-    name="splitdnn",
-    help="Split one DNN into blocks across the nodes of an edge cluster.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-# Tables stay readable when piped (rich would fall back to 80 columns).
-stdout = Console(width=None if sys.stdout.isatty() else 120)
-stderr = Console(stderr=True, soft_wrap=True)
-
 ModelArg = Annotated[str, typer.Argument(help="torchvision:NAME or a path to an .onnx file")]
 InputShapeOpt = Annotated[
     str | None,
@@ -47,26 +31,6 @@ WeightsOpt = Annotated[
     Path | None,
     typer.Option("--weights", help="State dict for a torchvision model (default: random, seed 0)"),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Emit one JSON object on stdout")]
-
-
-def parse_int_list(text: str, option: str) -> list[int]:
-    """Parse ``1,3,224,224`` into integers or exit 2 naming the option."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values:
-        fail(f"{option}: expected comma-separated integers, got {text!r}")
-    return values
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print an error to stderr and exit with ``code``."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn graph errors into a one-line message and exit code 2."""
@@ -84,16 +48,6 @@ def load_graph(model: str, input_shape: str | None, weights: Path | None) -> Mod
     with stderr.status(f"loading {model} ..."):
         resolved = resolve_model(model, input_shape=shape, weights=weights)
         return analyse_model(resolved.onnx_path, resolved.input_shape, source=model)
-
-
-def human_bytes(size: int) -> str:
-    """``803 KB``-style sizes (decimal units, as the design notes use)."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 def cut_point_table(graph: ModelGraph) -> Table:
@@ -223,24 +177,6 @@ def verify(
 
 
 @app.command()
-def crds(
-    out: Annotated[Path, typer.Option("--out", help="Directory for the CRD YAML files")] = Path(
-        "crds"
-    ),
-    chart: Annotated[
-        Path | None,
-        typer.Option("--chart", help="Helm chart whose templates/crds/ gets the same CRDs"),
-    ] = Path("charts/splitdnn"),
-) -> None:
-    """Write the CustomResourceDefinitions generated from the API models."""
-    from splitdnn.api.crdgen import write_crds
-
-    chart_dir = chart if chart is not None and chart.is_dir() else None
-    for path in write_crds(out, chart_dir):
-        stdout.print(f"wrote {path}", highlight=False)
-
-
-@app.command()
 def demo(
     model: Annotated[str, typer.Option(help="Model to split")] = "torchvision:resnet50",
     blocks: Annotated[int, typer.Option(help="How many blocks to cut the model into")] = 3,
@@ -257,12 +193,3 @@ def demo(
         manifest = split_model(graph, cuts, out)
     stdout.print(block_table(manifest, out))
     verify(out, samples=4, atol=1e-4, rtol=1e-5, optimization="extended", as_json=False)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    main()
