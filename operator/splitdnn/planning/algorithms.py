@@ -1,0 +1,276 @@
+"""Partition-and-placement algorithms: Neurosurgeon, RoaD-RuNNer, chain, pipeline, exits.
+
+``solve(problem, objective, algorithm)`` returns the best feasible plan of the algorithm's
+family for the objective (latency or energy: minimum; throughput: minimum bottleneck), with
+ties broken by the other figures, and the exact Pareto set in (latency, energy) of that
+family when the problem gives energies. With early exits it maximises accuracy under the
+constraints first (Edgent) and then the objective. Every answer comes from the exact label
+DP in ``splitdnn.planning.labels``; ``InfeasibleError`` names the constraint no plan meets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitdnn.planning.errors import InfeasibleError
+from splitdnn.planning.labels import (
+    CLOSED,
+    EN,
+    FIXED_COLUMNS,
+    LAT,
+    OPEN,
+    STAGES,
+    Family,
+    Finals,
+    LabelSpec,
+    chain_family,
+    exit_arrays,
+    neurosurgeon_family,
+    pareto_rows,
+    roadrunner_family,
+    run_labels,
+)
+from splitdnn.planning.plan import TOLERANCE, Stage, stages_from_tiers
+from splitdnn.planning.problem import Problem, ProblemArrays, problem_arrays
+
+OBJECTIVES = ("latency", "energy", "throughput")
+ALGORITHMS = ("auto", "neurosurgeon", "roadrunner", "chain", "pipeline")
+FAMILIES: dict[str, Callable[[ProblemArrays], Family]] = {
+    "neurosurgeon": neurosurgeon_family,
+    "roadrunner": roadrunner_family,
+    "chain": chain_family,
+    "pipeline": chain_family,
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One complete plan with its predicted figures."""
+
+    stages: tuple[Stage, ...]
+    latency_ms: float
+    energy_mj: float
+    throughput_rps: float
+    exit_index: int | None = None
+    accuracy: float | None = None
+
+    def figures(self) -> dict[str, float | None]:
+        throughput = None if math.isinf(self.throughput_rps) else self.throughput_rps
+        return {"latency_ms": self.latency_ms, "energy_mj": self.energy_mj,
+                "throughput_rps": throughput}
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The chosen plan, the Pareto set it belongs to and how it was found."""
+
+    algorithm: str
+    objective: str
+    best: Candidate
+    pareto: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One exit candidate: its arrays, family and bounds."""
+
+    problem: Problem
+    arrays: ProblemArrays
+    family: Family
+    exit_index: int | None
+
+    def memory(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """Tiers whose memory some plan could exceed, and their capacities."""
+        total = float(self.arrays.params_bytes.sum())
+        tight = tuple(t for t in range(self.arrays.tiers) if self.arrays.memory_bytes[t] < total)
+        return tight, tuple(float(self.arrays.memory_bytes[t]) for t in tight)
+
+    def spec(self, leading: tuple[int, ...], *, latency: bool = True, energy: bool = True,
+             stages: bool = True, memory: bool = True, bottleneck: float = math.inf
+             ) -> LabelSpec:
+        """Dominance on ``leading`` plus every bounded column that is switched on."""
+        limits = self.problem.constraints
+        tiers, caps = self.memory() if memory else ((), ())
+        max_latency = limits.latency_ms if latency and limits.latency_ms is not None else math.inf
+        max_energy = limits.energy_mj if energy and limits.energy_mj is not None else math.inf
+        max_stages = limits.max_stages if stages and limits.max_stages is not None else math.inf
+        columns = list(leading)
+        for column, bound in ((LAT, max_latency), (EN, max_energy), (STAGES, max_stages)):
+            if math.isfinite(bound) and column not in columns:
+                columns.append(column)
+        columns += [FIXED_COLUMNS + i for i in range(len(tiers))]
+        return LabelSpec(tuple(columns), max_latency, max_energy, max_stages, bottleneck,
+                         tiers, caps)
+
+    def candidate(self, finals: Finals, row: int, accuracy: float | None) -> Candidate:
+        names = [self.arrays.tier_names[t] for t in finals.tiers_of(row)]
+        label = finals.labels[row]
+        throughput = 1000.0 / float(label[CLOSED]) if label[CLOSED] > 0 else math.inf
+        return Candidate(tuple(stages_from_tiers(names)), float(label[LAT]), float(label[EN]),
+                         throughput, self.exit_index, accuracy)
+
+
+def _order(objective: str) -> tuple[int, ...]:
+    return {"latency": (LAT, EN, STAGES), "energy": (EN, LAT, STAGES),
+            "throughput": (CLOSED, LAT, EN)}[objective]
+
+
+def _best_row(finals: Finals, objective: str) -> int:
+    keys = [finals.labels[:, column] for column in reversed(_order(objective))]
+    return int(np.lexsort(keys)[0])
+
+
+def _optimise(setting: _Setting, objective: str) -> Finals | None:
+    """Final labels containing the optimum for ``objective``, or None when infeasible."""
+    if objective == "throughput":
+        first = run_labels(setting.arrays, setting.family, setting.spec((CLOSED, OPEN)))
+        if not len(first):
+            return None
+        bound = float(first.labels[:, CLOSED].min())
+        spec = setting.spec((LAT, OPEN), bottleneck=bound)
+        finals = run_labels(setting.arrays, setting.family, spec)
+        return finals if len(finals) else first
+    leading = (LAT,) if objective == "latency" else (EN,)
+    finals = run_labels(setting.arrays, setting.family, setting.spec(leading))
+    return finals if len(finals) else None
+
+
+def pareto_set(setting: _Setting, accuracy: float | None) -> tuple[Candidate, ...]:
+    """The feasible plans of the family non-dominated in (latency, energy), fastest first."""
+    finals = run_labels(setting.arrays, setting.family, setting.spec((LAT, EN)))
+    if not len(finals):
+        return ()
+    rows = _without_near_ties(finals.labels[:, [LAT, EN]], pareto_rows(finals.labels[:, [LAT, EN]]))
+    return tuple(setting.candidate(finals, int(row), accuracy) for row in rows)
+
+
+def _without_near_ties(points: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Fastest first, dropping points that another dominates once sums that differ only by
+    rounding (the order of additions) count as equal."""
+    rows = rows[np.lexsort((points[rows, 1], points[rows, 0]))]
+    kept = [int(row) for i, row in enumerate(rows) if not any(
+        _near_dominates(points[other], points[row])
+        and (i > j or not _near_dominates(points[row], points[other]))
+        for j, other in enumerate(rows) if j != i)]
+    return np.array(kept, dtype=int)
+
+
+def _near_dominates(better: np.ndarray, worse: np.ndarray) -> bool:
+    slack = TOLERANCE * np.maximum(1.0, np.abs(worse))
+    return bool(np.all(better <= worse + slack))
+
+
+def exit_settings(problem: Problem, algorithm: str) -> list[_Setting]:
+    """One setting per exit choice (the full model first)."""
+    arrays = problem_arrays(problem)
+    exits: list[int | None] = [None, *range(len(problem.exits or []))]
+    return [_Setting(problem, exit_arrays(problem, arrays, e), FAMILIES[algorithm](arrays), e)
+            for e in exits]
+
+
+def accuracy_of(problem: Problem, exit_index: int | None) -> float | None:
+    """Accuracy of an exit, or of the full model (None when not stated)."""
+    if exit_index is None:
+        return problem.final_accuracy
+    return (problem.exits or [])[exit_index].accuracy
+
+
+def rank_accuracy(problem: Problem, exit_index: int | None) -> float:
+    """The full model without a stated accuracy ranks above every exit."""
+    value = accuracy_of(problem, exit_index)
+    return math.inf if value is None else value
+
+
+def resolve_algorithm(algorithm: str, objective: str) -> str:
+    """``auto``: ``pipeline`` for throughput, ``chain`` otherwise."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm: expected one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    if algorithm == "auto":
+        return "pipeline" if objective == "throughput" else "chain"
+    return algorithm
+
+
+def solve(problem: Problem, objective: str = "latency", algorithm: str = "auto") -> PlanResult:
+    """The best plan of ``algorithm`` for ``objective``; ``InfeasibleError`` when none fits."""
+    algorithm = resolve_algorithm(algorithm, objective)
+    best: tuple[tuple[float, ...], Candidate, _Setting] | None = None
+    settings = exit_settings(problem, algorithm)
+    for setting in settings:
+        finals = _optimise(setting, objective)
+        if finals is None:
+            continue
+        accuracy = accuracy_of(problem, setting.exit_index)
+        found = setting.candidate(finals, _best_row(finals, objective), accuracy)
+        key = (-rank_accuracy(problem, setting.exit_index),
+               *(finals.labels[_best_row(finals, objective), c] for c in _order(objective)))
+        if best is None or key < best[0]:
+            best = (key, found, setting)
+    if best is None:
+        raise diagnose(settings)
+    _, chosen, setting = best
+    pareto = pareto_set(setting, chosen.accuracy) if problem.has_energy else ()
+    return PlanResult(algorithm, objective, chosen, pareto)
+
+
+def diagnose(settings: list[_Setting]) -> InfeasibleError:
+    """Add the constraints one at a time and name the first that leaves no plan."""
+    worst: InfeasibleError | None = None
+    worst_step = -1
+    for setting in settings:
+        step, error = first_violated(setting)
+        if step > worst_step:
+            worst, worst_step = error, step
+    assert worst is not None
+    if len(settings) > 1:
+        return InfeasibleError(worst.constraint, f"{worst} (no early exit meets it either)")
+    return worst
+
+
+def first_violated(setting: _Setting) -> tuple[int, InfeasibleError]:
+    """Step index and error of the first constraint that leaves no plan."""
+    limits = setting.problem.constraints
+    where = "" if setting.exit_index is None else f" (with exit {setting.exit_index})"
+    steps = [
+        ("links", dict(latency=False, energy=False, stages=False, memory=False)),
+        ("memory_bytes", dict(latency=False, energy=False, stages=False)),
+        ("constraints.max_stages", dict(latency=False, energy=False)),
+        ("constraints.latency_ms", dict(energy=False)),
+        ("constraints.energy_mj", {}),
+    ]
+    previous: dict[str, bool] = {}
+    for step, (name, switches) in enumerate(steps):
+        finals = run_labels(setting.arrays, setting.family, setting.spec((LAT,), **switches))
+        if len(finals):
+            previous = switches
+            continue
+        return step, InfeasibleError(name, _message(setting, name, previous, where))
+    raise AssertionError(f"no constraint is violated{where}: {limits}")
+
+
+def _message(setting: _Setting, name: str, relaxed: dict[str, bool], where: str) -> str:
+    problem, limits = setting.problem, setting.problem.constraints
+    if name == "links":
+        return (f"links: no {setting.family.name} plan can carry the input from "
+                f"{problem.source!r} through every segment to {problem.sink_tier!r} over the "
+                f"given links{where}")
+    if name == "memory_bytes":
+        return (f"tiers[].memory_bytes: the segments' parameters "
+                f"({int(setting.arrays.params_bytes.sum())} bytes) fit in no {setting.family.name}"
+                f" plan's tiers{where}")
+    if name == "constraints.max_stages":
+        return (f"constraints.max_stages: no {setting.family.name} plan with at most "
+                f"{limits.max_stages} stages fits the memory and links{where}")
+    column, unit, limit = ((LAT, "ms", limits.latency_ms) if name == "constraints.latency_ms"
+                           else (EN, "mJ", limits.energy_mj))
+    leading = (column,)
+    finals = run_labels(setting.arrays, setting.family, setting.spec(leading, **relaxed))
+    closest = float(finals.labels[:, column].min())
+    other = "" if column == LAT else " and the latency bound"
+    return (f"{name}: no {setting.family.name} plan meets {limit} {unit}{where}; the best that "
+            f"fits the memory, stages{other} needs {closest:.6g} {unit}")

@@ -1,0 +1,279 @@
+"""The exact engine behind every partitioning algorithm: a label-setting DP over segments.
+
+A *family* of plans is a small graph of nodes, each pinned to a tier: staying on a node
+extends the current stage by one segment, following an edge starts a new stage on another
+tier. ``chain`` is the complete graph over the tiers; Neurosurgeon's one cut and
+RoaD-RuNNer's local → remote → local are smaller graphs over the same engine.
+
+At each (segment, node) the engine keeps the *labels* — vectors of latency, energy, stages,
+bottleneck, open-stage compute and memory used on each memory-bounded tier — of partial
+plans that no other partial plan dominates in the columns that matter for the question
+asked. Every column only grows along a plan (or, for the open stage, grows until it is
+closed), so a dominated label can never lead to a better plan and dropping it is exact;
+labels over a bound are dropped too. With one column this is the classic shortest-path DP
+over (segment boundary × tier); with two it keeps an exact Pareto front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from splitdnn.planning.plan import TOLERANCE
+from splitdnn.planning.problem import Problem, ProblemArrays
+
+LAT, EN, STAGES, CLOSED, OPEN = 0, 1, 2, 3, 4
+FIXED_COLUMNS = 5
+
+
+@dataclass(frozen=True)
+class Family:
+    """Which tier sequences a plan may follow: nodes (each on a tier), edges, start nodes."""
+
+    name: str
+    node_tiers: tuple[int, ...]
+    edges: tuple[tuple[int, int], ...]
+    starts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Columns compared for dominance, and upper bounds (``inf`` when unbounded)."""
+
+    dominance: tuple[int, ...]
+    max_latency: float = np.inf
+    max_energy: float = np.inf
+    max_stages: float = np.inf
+    max_bottleneck: float = np.inf
+    memory_tiers: tuple[int, ...] = ()
+    memory_caps: tuple[float, ...] = ()
+
+
+@dataclass
+class Finals:
+    """Complete plans left at the end: their label rows and how to rebuild their tiers."""
+
+    labels: np.ndarray                     # (n, columns)
+    end_nodes: np.ndarray                  # (n,)
+    end_rows: np.ndarray                   # (n,)
+    parents: list[list[tuple[np.ndarray, np.ndarray]]] = field(repr=False)
+    node_tiers: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def tiers_of(self, row: int) -> list[int]:
+        """Tier index of every segment of final plan ``row``."""
+        node, index = int(self.end_nodes[row]), int(self.end_rows[row])
+        tiers = []
+        for step in range(len(self.parents) - 1, -1, -1):
+            tiers.append(self.node_tiers[node])
+            parent_node, parent_row = self.parents[step][node]
+            node, index = int(parent_node[index]), int(parent_row[index])
+        return tiers[::-1]
+
+
+def chain_family(arrays: ProblemArrays) -> Family:
+    """Any sequence of tiers, consecutive stages on different (connected) tiers."""
+    count = arrays.tiers
+    edges = tuple((a, b) for a in range(count) for b in range(count) if a != b)
+    return Family("chain", tuple(range(count)), edges, tuple(range(count)))
+
+
+def neurosurgeon_family(arrays: ProblemArrays) -> Family:
+    """All on the source tier, all on one other tier, or source then one other tier."""
+    others = [t for t in range(arrays.tiers) if t != arrays.source]
+    nodes = (arrays.source, *others)
+    edges = tuple((0, 1 + i) for i in range(len(others)))
+    return Family("neurosurgeon", nodes, edges, tuple(range(len(nodes))))
+
+
+def roadrunner_family(arrays: ProblemArrays) -> Family:
+    """Up to two cuts: local → remote → local, any part possibly empty (RoaD-RuNNer)."""
+    others = [t for t in range(arrays.tiers) if t != arrays.source]
+    nodes = (arrays.source, *others, arrays.source)
+    back = len(nodes) - 1
+    edges = tuple((0, 1 + i) for i in range(len(others))) + tuple(
+        (1 + i, back) for i in range(len(others)))
+    return Family("roadrunner", nodes, edges, tuple(range(len(nodes) - 1)))
+
+
+def exit_arrays(problem: Problem, arrays: ProblemArrays, exit_index: int | None) -> ProblemArrays:
+    """The problem cut after an exit: the head's latency joins the last segment (``inf`` on
+    tiers it has no latency for) and its output is what goes to the sink."""
+    if exit_index is None:
+        return arrays
+    head = (problem.exits or [])[exit_index]
+    last = head.after_segment
+    compute_ms = arrays.compute_ms[:, : last + 1].copy()
+    for tier, name in enumerate(arrays.tier_names):
+        compute_ms[tier, last] += head.latency_ms.get(name, np.inf)
+    output_bytes = arrays.output_bytes[: last + 1].copy()
+    output_bytes[last] = head.output_bytes
+    return replace(arrays, compute_ms=compute_ms, compute_mj=arrays.compute_mj[:, : last + 1],
+                   output_bytes=output_bytes, params_bytes=arrays.params_bytes[: last + 1])
+
+
+def pareto_rows(values: np.ndarray) -> np.ndarray:
+    """Indices of the rows no other row dominates (all ≤, one <); one of equal rows kept."""
+    count, dims = values.shape
+    if count <= 1:
+        return np.arange(count)
+    if dims == 1:
+        return np.array([int(np.argmin(values[:, 0]))])
+    if dims == 2:
+        order = np.lexsort((values[:, 1], values[:, 0]))
+        second = values[order, 1]
+        best_before = np.concatenate(([np.inf], np.minimum.accumulate(second)[:-1]))
+        return np.sort(order[second < best_before])
+    less_equal = np.all(values[:, None, :] <= values[None, :, :], axis=2)
+    strictly = np.any(values[:, None, :] < values[None, :, :], axis=2)
+    dominated = np.any(less_equal & strictly, axis=0)
+    duplicate = np.any(np.triu(less_equal & ~strictly, 1), axis=0)
+    return np.flatnonzero(~dominated & ~duplicate)
+
+
+def _slack(limit: float) -> float:
+    return limit + TOLERANCE * max(1.0, abs(limit)) if np.isfinite(limit) else np.inf
+
+
+class _Engine:
+    """One run of the DP for one family, spec and problem."""
+
+    def __init__(self, arrays: ProblemArrays, family: Family, spec: LabelSpec) -> None:
+        self.a = arrays
+        self.family = family
+        self.spec = spec
+        self.columns = FIXED_COLUMNS + len(spec.memory_tiers)
+        self.memory_column = {tier: FIXED_COLUMNS + i for i, tier in enumerate(spec.memory_tiers)}
+        self.node_tier_array = np.array(family.node_tiers, dtype=int)
+        self.predecessors: list[list[int]] = [[] for _ in family.node_tiers]
+        for src, dst in family.edges:
+            if arrays.connected[family.node_tiers[src], family.node_tiers[dst]]:
+                self.predecessors[dst].append(src)
+        self.caps = np.full(self.columns, np.inf)
+        self.caps[LAT] = _slack(spec.max_latency)
+        self.caps[EN] = _slack(spec.max_energy)
+        self.caps[STAGES] = spec.max_stages + 0.5
+        self.caps[CLOSED] = _slack(spec.max_bottleneck)
+        for tier, cap in zip(spec.memory_tiers, spec.memory_caps, strict=True):
+            self.caps[self.memory_column[tier]] = cap
+
+    def _keep(self, labels: np.ndarray, tier: int) -> np.ndarray:
+        """Rows within every bound and not dominated."""
+        ok = np.all(labels <= self.caps, axis=1) & np.isfinite(labels[:, LAT])
+        ok &= labels[:, OPEN] / self.a.replicas[tier] <= self.caps[CLOSED]
+        rows = np.flatnonzero(ok)
+        if rows.size > 1:
+            rows = rows[pareto_rows(labels[rows][:, list(self.spec.dominance)])]
+        return rows
+
+    def _add_segment(self, labels: np.ndarray, tier: int, segment: int) -> None:
+        labels[:, LAT] += self.a.compute_ms[tier, segment]
+        labels[:, EN] += self.a.compute_mj[tier, segment]
+        labels[:, OPEN] += self.a.compute_ms[tier, segment]
+        column = self.memory_column.get(tier)
+        if column is not None:
+            labels[:, column] += self.a.params_bytes[segment]
+
+    def _cross(self, labels: np.ndarray, src: int, dst: int, size: float) -> None:
+        """Close the open stage on ``src`` and send ``size`` bytes to ``dst``."""
+        serialise = size * self.a.ms_per_byte[src, dst]
+        labels[:, LAT] += self.a.link_ms[src, dst] + serialise
+        labels[:, EN] += size * self.a.mj_per_byte[src, dst]
+        labels[:, CLOSED] = np.maximum(labels[:, CLOSED],
+                                       np.maximum(labels[:, OPEN] / self.a.replicas[src],
+                                                  serialise))
+        labels[:, OPEN] = 0.0
+
+    def run(self) -> Finals:
+        nodes = self.family.node_tiers
+        empty = np.zeros((0, self.columns))
+        current: list[np.ndarray] = []
+        parents: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        step_parents: list[tuple[np.ndarray, np.ndarray]] = []
+        for node, tier in enumerate(nodes):
+            if node not in self.family.starts or not self.a.connected[self.a.source, tier]:
+                current.append(empty)
+                step_parents.append((np.zeros(0, int), np.zeros(0, int)))
+                continue
+            label = np.zeros((1, self.columns))
+            label[:, STAGES] = 1
+            if tier != self.a.source:
+                self._cross(label, self.a.source, tier, self.a.input_bytes)
+            self._add_segment(label, tier, 0)
+            rows = self._keep(label, tier)
+            current.append(label[rows])
+            step_parents.append((np.full(rows.size, -1), np.full(rows.size, -1)))
+        parents.append(step_parents)
+        for segment in range(1, self.a.segments):
+            current, step_parents = self._step(current, segment)
+            parents.append(step_parents)
+        return self._finish(current, parents)
+
+    def _step(self, current: list[np.ndarray], segment: int
+              ) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+        size = self.a.output_bytes[segment - 1]
+        following: list[np.ndarray] = []
+        step_parents: list[tuple[np.ndarray, np.ndarray]] = []
+        for node, tier in enumerate(self.family.node_tiers):
+            sources = [src for src in (node, *self.predecessors[node]) if current[src].shape[0]]
+            if not sources:
+                following.append(np.zeros((0, self.columns)))
+                step_parents.append((np.zeros(0, int), np.zeros(0, int)))
+                continue
+            labels = np.concatenate([current[src] for src in sources])
+            counts = [current[src].shape[0] for src in sources]
+            from_node = np.repeat(sources, counts)
+            from_row = np.concatenate([np.arange(count) for count in counts])
+            if sources != [node]:
+                self._cross_rows(labels, from_node != node, self.node_tier_array[from_node],
+                                 tier, size)
+            self._add_segment(labels, tier, segment)
+            rows = self._keep(labels, tier)
+            following.append(labels[rows])
+            step_parents.append((from_node[rows], from_row[rows]))
+        return following, step_parents
+
+    def _cross_rows(self, labels: np.ndarray, moved: np.ndarray, src_tiers: np.ndarray,
+                    dst: int, size: float) -> None:
+        """``_cross`` for the ``moved`` rows (each from its own tier; same-tier costs are 0)."""
+        serialise = size * self.a.ms_per_byte[src_tiers, dst]
+        labels[:, LAT] += self.a.link_ms[src_tiers, dst] + serialise
+        labels[:, EN] += size * self.a.mj_per_byte[src_tiers, dst]
+        closed = np.maximum(labels[:, CLOSED],
+                            np.maximum(labels[:, OPEN] / self.a.replicas[src_tiers], serialise))
+        labels[:, CLOSED] = np.where(moved, closed, labels[:, CLOSED])
+        labels[:, OPEN] = np.where(moved, 0.0, labels[:, OPEN])
+        labels[:, STAGES] += moved
+
+    def _finish(self, current: list[np.ndarray], parents: list[list[tuple[np.ndarray,
+                                                                             np.ndarray]]]
+                ) -> Finals:
+        size = self.a.output_bytes[-1]
+        blocks, end_nodes, end_rows = [], [], []
+        for node, tier in enumerate(self.family.node_tiers):
+            if current[node].shape[0] == 0 or not self.a.connected[tier, self.a.sink]:
+                continue
+            labels = current[node].copy()
+            if tier != self.a.sink:
+                self._cross(labels, tier, self.a.sink, size)
+            else:
+                labels[:, CLOSED] = np.maximum(labels[:, CLOSED],
+                                               labels[:, OPEN] / self.a.replicas[tier])
+                labels[:, OPEN] = 0.0
+            ok = np.flatnonzero(np.all(labels <= self.caps, axis=1))
+            blocks.append(labels[ok])
+            end_nodes.append(np.full(ok.size, node))
+            end_rows.append(ok)
+        if not blocks:
+            return Finals(np.zeros((0, self.columns)), np.zeros(0, int), np.zeros(0, int),
+                          parents, self.family.node_tiers)
+        return Finals(np.concatenate(blocks), np.concatenate(end_nodes),
+                      np.concatenate(end_rows), parents, self.family.node_tiers)
+
+
+def run_labels(arrays: ProblemArrays, family: Family, spec: LabelSpec) -> Finals:
+    """All complete plans of ``family`` within ``spec``'s bounds that survive dominance."""
+    return _Engine(arrays, family, spec).run()
