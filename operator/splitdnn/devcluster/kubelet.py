@@ -1,0 +1,488 @@
+"""The process kubelet: runs the pods bound to emulated nodes as local processes.
+
+A container's ``command`` + ``args`` run with its ``env`` (plus the downward-API fields the
+pod asks for) inside its node's network namespace and CPU cgroup; the image stands for the
+local Python environment (``python`` is the interpreter running the devcluster). Each pod
+gets its own IP on its node. Exits are restarted per ``restartPolicy`` with a doubling
+back-off (CrashLoopBackOff), HTTP/TCP readiness probes decide Ready, stdout/stderr go to a
+log file per container that ``kubectl logs`` reads. Pod status (phase, conditions, podIP,
+container states, restart counts) is written through the status subresource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from splitdnn.devcluster import isolation
+from splitdnn.devcluster.config import ClusterConfig, NodeSpec
+from splitdnn.devcluster.controllers import condition, pods, set_status
+from splitdnn.devcluster.store import Obj, Store, now_rfc3339
+
+
+@dataclass
+class Container:
+    """One container's process and history."""
+
+    name: str
+    spec: dict[str, Any]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: str | None = None
+    exit_code: int | None = None
+    finished_at: str | None = None
+    last_terminated: dict[str, Any] | None = None
+    next_start: float = 0.0
+    ready: bool = False
+    probe_ok: int = 0
+    probe_failed: int = 0
+    next_probe: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class PodRun:
+    """What the kubelet knows about one pod it runs."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    ip: str
+    restart_policy: str
+    containers: dict[str, Container] = field(default_factory=dict)
+    start_time: str = field(default_factory=now_rfc3339)
+    probe_task: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+
+class Kubelet:
+    """All emulated nodes' kubelets (one process, one event loop)."""
+
+    def __init__(self, store: Store, config: ClusterConfig, layout: isolation.Layout,
+                 state_dir: Path, api_port: int, wake: asyncio.Event) -> None:
+        self.store, self.config, self.layout = store, config, layout
+        self.state_dir, self.api_port, self.wake = state_dir, api_port, wake
+        self.runs: dict[str, PodRun] = {}
+        self.down: dict[str, float] = {}  # node -> time it went down
+        self.next_ip: dict[str, int] = {n.name: 2 for n in config.nodes}
+        (state_dir / "pids").mkdir(parents=True, exist_ok=True)
+        store.graceful_deletion[("", "pods")] = lambda pod: pod["metadata"]["uid"] in self.runs
+
+    # ---- nodes ---------------------------------------------------------------------
+    def register_nodes(self) -> None:
+        for index, spec in enumerate(self.config.nodes):
+            self.store.create(self.store.type_for("", "v1", "nodes"), "", self._node(index, spec))
+
+    def _node(self, index: int, spec: NodeSpec) -> Obj:
+        labels = {"kubernetes.io/hostname": spec.name, "kubernetes.io/os": "linux",
+                  "kubernetes.io/arch": "amd64", "splitdnn.io/devcluster": "true", **spec.labels}
+        arch = labels["kubernetes.io/arch"]
+        capacity = {"pods": "110", **spec.capacity}
+        return {
+            "metadata": {"name": spec.name, "labels": labels},
+            "spec": {"taints": spec.taints} if spec.taints else {},
+            "status": {
+                "capacity": capacity, "allocatable": capacity,
+                "addresses": [{"type": "InternalIP",
+                               "address": f"{self.layout.node_subnet_base(index)}.1"},
+                              {"type": "Hostname", "address": spec.name}],
+                "nodeInfo": {"kernelVersion": spec.kernel_version, "osImage": spec.os_image,
+                             "architecture": arch, "operatingSystem": "linux",
+                             "kubeletVersion": "v1.32.0-devcluster",
+                             "containerRuntimeVersion": "process://splitdnn-devcluster",
+                             "machineID": "", "systemUUID": "", "bootID": ""},
+                "conditions": [self._ready_condition(True)],
+            },
+        }
+
+    def _ready_condition(self, ready: bool, previous: list[dict[str, Any]] | None = None
+                         ) -> dict[str, Any]:
+        cond = condition("Ready", ready, "KubeletReady" if ready else "NodeStatusUnknown",
+                         "kubelet is posting ready status" if ready else
+                         "Kubelet stopped posting node status.", previous)
+        if not ready:
+            cond["status"] = "Unknown"
+        cond.pop("lastUpdateTime", None)
+        cond.setdefault("lastHeartbeatTime", cond["lastTransitionTime"])
+        return cond
+
+    def set_node_up(self, name: str, up: bool) -> None:
+        """node-up / node-down: Ready condition, unreachable taints, processes, network."""
+        node_type = self.store.type_for("", "v1", "nodes")
+        node = self.store.get(node_type, "", name)
+        taints = [t for t in node["spec"].get("taints") or []
+                  if t.get("key") != "node.kubernetes.io/unreachable"]
+        if not up:
+            taints += [{"key": "node.kubernetes.io/unreachable", "effect": effect,
+                        "timeAdded": now_rfc3339()} for effect in ("NoSchedule", "NoExecute")]
+            self.down[name] = time.monotonic()
+            for run in [r for r in self.runs.values() if r.node == name]:
+                self._kill_run(run, signal.SIGKILL)
+        else:
+            self.down.pop(name, None)
+        isolation.set_link(self.layout, name, up)
+        self.store.patch(node_type, "", name, "application/merge-patch+json",
+                         {"spec": {"taints": taints or None}})
+        node = self.store.get(node_type, "", name)
+        status = dict(node["status"])
+        status["conditions"] = [self._ready_condition(up, status.get("conditions"))]
+        set_status(self.store, node, status)
+        self.wake.set()
+
+    # ---- sync ----------------------------------------------------------------------
+    async def sync(self) -> None:
+        """One pass over all pods bound to our nodes."""
+        seen = set()
+        for pod in self.store.list_objects(pods(self.store)):
+            node = pod["spec"].get("nodeName")
+            if not node or node not in self.next_ip:
+                continue
+            uid = pod["metadata"]["uid"]
+            seen.add(uid)
+            if node in self.down:
+                self._sync_down_pod(pod, node)
+                continue
+            run = self.runs.get(uid)
+            if pod["metadata"].get("deletionTimestamp"):
+                if run is not None and not run.stopping:
+                    run.stopping = True
+                    asyncio.get_running_loop().create_task(self._stop_pod(run, pod))
+                elif run is None:
+                    self.store.remove_now(pods(self.store), pod["metadata"]["namespace"],
+                                          pod["metadata"]["name"])
+                continue
+            if run is None and (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            if run is None:
+                run = self._admit(pod)
+            await self._start_due(run, pod)
+            self._write_status(run, pod)
+        for uid in [u for u in self.runs if u not in seen]:
+            self._kill_run(self.runs.pop(uid), signal.SIGKILL)
+
+    def _sync_down_pod(self, pod: Obj, node: str) -> None:
+        """Pods on a down node lose Ready, and are evicted after podEvictionSeconds."""
+        if time.monotonic() - self.down[node] >= self.config.pod_eviction_s or \
+                pod["metadata"].get("deletionTimestamp"):
+            self.runs.pop(pod["metadata"]["uid"], None)
+            self.store.graceful_deletion[("", "pods")] = lambda p: p["metadata"]["uid"] in \
+                self.runs
+            ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            if pod["metadata"].get("deletionTimestamp"):
+                self.store.remove_now(pods(self.store), ns, name)
+            else:
+                self.store.delete(pods(self.store), ns, name)
+            return
+        status = dict(pod.get("status") or {})
+        conditions = [c for c in status.get("conditions") or []
+                      if c.get("type") not in ("Ready", "ContainersReady")]
+        conditions += [condition("Ready", False, "NodeNotReady", "node is not ready",
+                                 status.get("conditions")),
+                       condition("ContainersReady", False, "NodeNotReady", "node is not ready",
+                                 status.get("conditions"))]
+        status["conditions"] = conditions
+        set_status(self.store, pod, status)
+
+    def _admit(self, pod: Obj) -> PodRun:
+        node = pod["spec"]["nodeName"]
+        index = [n.name for n in self.config.nodes].index(node)
+        ip = f"{self.layout.node_subnet_base(index)}.{self.next_ip[node]}"
+        self.next_ip[node] = self.next_ip[node] % 250 + 2
+        isolation.add_address(self.layout, node, ip)
+        policy = pod["spec"].get("restartPolicy", "Always")
+        run = PodRun(uid=pod["metadata"]["uid"], namespace=pod["metadata"]["namespace"],
+                     name=pod["metadata"]["name"], node=node, ip=ip, restart_policy=policy)
+        for spec in pod["spec"].get("containers") or []:
+            run.containers[spec["name"]] = Container(name=spec["name"], spec=spec)
+        self.log_dir(run.namespace, run.name).mkdir(parents=True, exist_ok=True)
+        self.runs[run.uid] = run
+        run.probe_task = asyncio.get_running_loop().create_task(self._probe_loop(run))
+        return run
+
+    def log_dir(self, namespace: str, pod: str) -> Path:
+        return self.state_dir / "pods" / f"{namespace}_{pod}"
+
+    async def _start_due(self, run: PodRun, pod: Obj) -> None:
+        for container in run.containers.values():
+            if container.process is not None and container.process.returncode is None:
+                continue
+            if container.exit_code is not None and not self._restarts(run, container):
+                continue
+            if time.monotonic() < container.next_start:
+                continue
+            if container.exit_code is not None:
+                container.restarts += 1
+                container.last_terminated = self._terminated(container)
+                previous = self.log_dir(run.namespace, run.name) / f"{container.name}.log"
+                if previous.exists():
+                    previous.replace(previous.with_suffix(".previous.log"))
+            await self._launch(run, pod, container)
+
+    def _restarts(self, run: PodRun, container: Container) -> bool:
+        if run.restart_policy == "Always":
+            return True
+        return run.restart_policy == "OnFailure" and container.exit_code != 0
+
+    async def _launch(self, run: PodRun, pod: Obj, container: Container) -> None:
+        argv = list(container.spec.get("command") or []) + list(container.spec.get("args") or [])
+        container.exit_code = container.finished_at = None
+        container.ready = False
+        container.probe_ok = container.probe_failed = 0
+        container.next_probe = None
+        if not argv:
+            container.error = "the devcluster runs commands, not images: set command"
+            container.exit_code, container.finished_at = 128, now_rfc3339()
+            container.next_start = float("inf")
+            return
+        log_path = self.log_dir(run.namespace, run.name) / f"{container.name}.log"
+        with open(log_path, "ab") as log_file:
+            container.process = await asyncio.create_subprocess_exec(
+                *isolation.launch_prefix(self.layout, run.node), *argv,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+                env=self._env(run, pod, container.spec), cwd=str(log_path.parent),
+                start_new_session=True)
+        container.started_at = now_rfc3339()
+        pid_file = self.state_dir / "pids" / str(container.process.pid)
+        pid_file.write_text(f"{run.namespace}/{run.name}/{container.name}\n")
+        asyncio.get_running_loop().create_task(self._wait(run, container, pid_file))
+
+    async def _wait(self, run: PodRun, container: Container, pid_file: Path) -> None:
+        process = container.process
+        assert process is not None
+        code = await process.wait()
+        pid_file.unlink(missing_ok=True)
+        if container.process is not process:
+            return
+        container.exit_code, container.finished_at = code, now_rfc3339()
+        container.ready = False
+        delay = self.config.restart_backoff_s * 2 ** min(container.restarts, 5)
+        container.next_start = time.monotonic() + min(delay, 10.0)
+        self.wake.set()
+
+    def _env(self, run: PodRun, pod: Obj, spec: dict[str, Any]) -> dict[str, str]:
+        fields = {"metadata.name": run.name, "metadata.namespace": run.namespace,
+                  "metadata.uid": run.uid, "spec.nodeName": run.node, "status.podIP": run.ip,
+                  "status.hostIP": run.ip.rsplit(".", 1)[0] + ".1",
+                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default")}
+        bin_dir = str(Path(sys.executable).parent)
+        env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+               "HOME": os.environ.get("HOME", "/root"), "HOSTNAME": run.name,
+               "KUBERNETES_SERVICE_HOST": self.layout.gateway_ip,
+               "KUBERNETES_SERVICE_PORT": str(self.api_port), "PYTHONUNBUFFERED": "1"}
+        for key in ("SPLITDNN_CACHE_DIR", "PYTHONPATH", "LANG"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        for var in spec.get("env") or []:
+            value_from = var.get("valueFrom") or {}
+            if "value" in var:
+                env[var["name"]] = str(var["value"])
+            elif "fieldRef" in value_from:
+                env[var["name"]] = fields.get(value_from["fieldRef"].get("fieldPath", ""), "")
+            elif "configMapKeyRef" in value_from:
+                ref = value_from["configMapKeyRef"]
+                cm = self.store.find(self.store.type_for("", "v1", "configmaps"),
+                                     run.namespace, ref.get("name", ""))
+                env[var["name"]] = str(((cm or {}).get("data") or {}).get(ref.get("key"), ""))
+        return env
+
+    # ---- probes ---------------------------------------------------------------------
+    async def _probe_loop(self, run: PodRun) -> None:
+        async with aiohttp.ClientSession() as session:
+            while run.uid in self.runs and not run.stopping:
+                await asyncio.sleep(0.2)
+                for container in run.containers.values():
+                    await self._probe(session, run, container)
+
+    async def _probe(self, session: aiohttp.ClientSession, run: PodRun,
+                     container: Container) -> None:
+        running = container.process is not None and container.process.returncode is None
+        probe = container.spec.get("readinessProbe")
+        if not running:
+            return
+        if not probe:
+            if not container.ready:
+                container.ready = True
+                self.wake.set()
+            return
+        now = time.monotonic()
+        if container.next_probe is None:
+            container.next_probe = now + float(probe.get("initialDelaySeconds", 0))
+        if now < container.next_probe:
+            return
+        container.next_probe = now + float(probe.get("periodSeconds", 10))
+        ok = await self._check(session, run, probe)
+        if ok:
+            container.probe_ok, container.probe_failed = container.probe_ok + 1, 0
+        else:
+            container.probe_failed, container.probe_ok = container.probe_failed + 1, 0
+        ready = container.ready
+        if ok and container.probe_ok >= int(probe.get("successThreshold", 1)):
+            ready = True
+        if not ok and container.probe_failed >= int(probe.get("failureThreshold", 3)):
+            ready = False
+        if ready != container.ready:
+            container.ready = ready
+            self.wake.set()
+
+    async def _check(self, session: aiohttp.ClientSession, run: PodRun,
+                     probe: dict[str, Any]) -> bool:
+        timeout = float(probe.get("timeoutSeconds", 1))
+        if "httpGet" in probe:
+            http = probe["httpGet"]
+            port = self._port(run, http.get("port"))
+            url = f"http://{run.ip}:{port}{http.get('path', '/')}"
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                    return 200 <= resp.status < 400
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                return False
+        if "tcpSocket" in probe:
+            port = self._port(run, probe["tcpSocket"].get("port"))
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(run.ip, port), timeout)
+                writer.close()
+                return True
+            except (OSError, asyncio.TimeoutError):
+                return False
+        return True
+
+    def _port(self, run: PodRun, port: Any) -> int:
+        if isinstance(port, str) and not port.isdigit():
+            for container in run.containers.values():
+                for cport in container.spec.get("ports") or []:
+                    if cport.get("name") == port:
+                        return int(cport["containerPort"])
+        return int(port)
+
+    # ---- status ---------------------------------------------------------------------
+    def _terminated(self, container: Container) -> dict[str, Any]:
+        code = container.exit_code or 0
+        return {"terminated": {"exitCode": code,
+                               "reason": "Completed" if code == 0 else "Error",
+                               "message": container.error or "",
+                               "startedAt": container.started_at,
+                               "finishedAt": container.finished_at}}
+
+    def _container_status(self, run: PodRun, container: Container) -> dict[str, Any]:
+        running = container.process is not None and container.process.returncode is None
+        if running:
+            state: dict[str, Any] = {"running": {"startedAt": container.started_at}}
+        elif container.exit_code is not None and self._restarts(run, container):
+            state = {"waiting": {"reason": "CrashLoopBackOff", "message":
+                                 f"back-off restarting failed container {container.name}"}}
+            if container.error:
+                state = {"waiting": {"reason": "CreateContainerConfigError",
+                                     "message": container.error}}
+        elif container.exit_code is not None:
+            state = self._terminated(container)
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        status = {"name": container.name, "ready": container.ready and running,
+                  "started": running, "restartCount": container.restarts, "state": state,
+                  "image": container.spec.get("image", ""), "imageID": "",
+                  "containerID": f"process://{container.process.pid}"
+                  if container.process else ""}
+        if container.last_terminated:
+            status["lastState"] = container.last_terminated
+        return status
+
+    def _phase(self, run: PodRun) -> str:
+        containers = list(run.containers.values())
+        if any(c.process is not None and c.process.returncode is None for c in containers):
+            return "Running"
+        if containers and all(c.exit_code is not None and not self._restarts(run, c)
+                              for c in containers):
+            return "Succeeded" if all(c.exit_code == 0 for c in containers) else "Failed"
+        if any(c.exit_code is not None for c in containers):
+            return "Running"
+        return "Pending"
+
+    def _write_status(self, run: PodRun, pod: Obj) -> None:
+        previous = (pod.get("status") or {}).get("conditions")
+        statuses = [self._container_status(run, c) for c in run.containers.values()]
+        phase = self._phase(run)
+        ready = phase == "Running" and all(s["ready"] for s in statuses)
+        reason = "" if ready else ("PodCompleted" if phase in ("Succeeded", "Failed")
+                                   else "ContainersNotReady")
+        status: dict[str, Any] = {
+            "phase": phase, "podIP": run.ip, "podIPs": [{"ip": run.ip}],
+            "hostIP": run.ip.rsplit(".", 1)[0] + ".1", "startTime": run.start_time,
+            "qosClass": "BestEffort", "containerStatuses": statuses,
+            "conditions": [
+                condition("PodScheduled", True, "", "", previous),
+                condition("Initialized", True, "", "", previous),
+                condition("ContainersReady", ready, reason, "", previous),
+                condition("Ready", ready, reason, "", previous),
+            ],
+        }
+        for cond in status["conditions"]:
+            cond.pop("lastUpdateTime", None)
+        set_status(self.store, pod, status)
+        if phase in ("Succeeded", "Failed"):
+            self._finish(run)
+
+    def _finish(self, run: PodRun) -> None:
+        if run.probe_task is not None:
+            run.probe_task.cancel()
+        self.runs.pop(run.uid, None)
+        isolation.remove_address(self.layout, run.node, run.ip)
+
+    # ---- stopping -------------------------------------------------------------------
+    async def _stop_pod(self, run: PodRun, pod: Obj) -> None:
+        grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 30)
+        self._kill_run(run, signal.SIGTERM)
+        deadline = time.monotonic() + min(grace, 10.0)
+        while time.monotonic() < deadline and any(
+                c.process is not None and c.process.returncode is None
+                for c in run.containers.values()):
+            await asyncio.sleep(0.05)
+        self._kill_run(run, signal.SIGKILL)
+        self._finish(run)
+        self.store.remove_now(pods(self.store), run.namespace, run.name)
+        self.wake.set()
+
+    def _kill_run(self, run: PodRun, sig: signal.Signals) -> None:
+        for container in run.containers.values():
+            process = container.process
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, sig)
+
+    def shutdown(self) -> None:
+        for run in list(self.runs.values()):
+            self._kill_run(run, signal.SIGKILL)
+
+    # ---- logs -----------------------------------------------------------------------
+    async def logs(self, namespace: str, pod: str, container: str | None, previous: bool,
+                   tail: int | None, follow: bool) -> AsyncIterator[bytes]:
+        name = f"{container}.previous.log" if previous else f"{container}.log"
+        path = self.log_dir(namespace, pod) / name
+        if not path.exists():
+            return
+        data = path.read_bytes()
+        if tail is not None:
+            data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail else b""
+        yield data
+        offset = path.stat().st_size
+        while follow and self._alive(namespace, pod):
+            await asyncio.sleep(0.2)
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            offset += len(chunk)
+            if chunk:
+                yield chunk
+
+    def _alive(self, namespace: str, pod: str) -> bool:
+        return any(r.namespace == namespace and r.name == pod for r in self.runs.values())
