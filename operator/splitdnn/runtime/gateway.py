@@ -326,9 +326,10 @@ def check_input(config: GatewayConfig, tensor: np.ndarray) -> None:
     shape = list(want["shape"])
     free_batch = config.batch_free and len(tensor.shape) == len(shape) and tensor.shape[0] >= 1
     if list(tensor.shape) != shape and not (free_batch and list(tensor.shape[1:]) == shape[1:]):
-        expected = (["N", *shape[1:]] if config.batch_free else shape)
+        dims = ["N" if config.batch_free and axis == 0 else str(dim)
+                for axis, dim in enumerate(shape)]
         raise GatewayError(400, f"input {want['name']!r}: shape {list(tensor.shape)}, "
-                                f"expected {expected}")
+                                f"expected [{', '.join(dims)}]")
 
 
 def model_metadata(config: GatewayConfig) -> dict[str, Any]:
