@@ -210,7 +210,8 @@ def test_unreachable_reply_address_is_dropped_not_fatal(harness: Harness) -> Non
     assert harness.receive().id == "after"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(frames=st.lists(st.binary(max_size=40), min_size=1, max_size=3),
        header=st.fixed_dictionaries({}, optional={
            "v": st.sampled_from([1, 2, "1"]),
