@@ -6,7 +6,7 @@ Each module of this package registers the commands of one area on the shared ``a
 
 from __future__ import annotations
 
-from splitdnn.cli import api, graph, planning  # noqa: F401  (imported for their commands)
+from splitdnn.cli import api, devcluster, graph, planning  # noqa: F401  (imported for their commands)
 from splitdnn.cli.common import app
 
 __all__ = ["app", "main"]
