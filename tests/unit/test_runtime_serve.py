@@ -4,14 +4,12 @@ a killed worker, and the `serve`/`infer` commands."""
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +23,7 @@ import pytest
 from splitdnn.graph import analyse_model, resolve_model, split_model
 from splitdnn.graph.onnx_runtime import cpu_session
 from splitdnn.runtime.client import Client, InferenceError
-from splitdnn.runtime.serve import ServeOptions, serve_split
+from splitdnn.runtime.serve import ServeOptions, ServeThread
 
 ATOL = 1e-4
 
@@ -50,48 +48,9 @@ def expected(session: Any, x: np.ndarray) -> np.ndarray:
     return result
 
 
-class BackgroundServe:
-    """``serve_split`` on its own event loop in a thread, as `splitdnn serve` runs it."""
-
-    def __init__(self, directory: Path, options: ServeOptions) -> None:
-        self.info: dict[str, Any] = {}
-        self.deaths: list[str] = []
-        self.started = threading.Event()
-        self.error: BaseException | None = None
-        self.loop = asyncio.new_event_loop()
-        self.stop_event: asyncio.Event | None = None
-        self.thread = threading.Thread(target=self._run, args=(directory, options), daemon=True)
-        self.thread.start()
-        if not self.started.wait(240) or self.error:
-            raise RuntimeError(f"serve did not start: {self.error}")
-
-    def _run(self, directory: Path, options: ServeOptions) -> None:
-        async def main() -> None:
-            self.stop_event = asyncio.Event()
-
-            def on_started(info: dict[str, Any]) -> None:
-                self.info = info
-                self.started.set()
-
-            await serve_split(directory, options, on_started, self.deaths.append,
-                              self.stop_event)
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException as error:  # surfaced to the test through start/stop
-            self.error = error
-            self.started.set()
-
-    def stop(self) -> None:
-        if self.stop_event is not None:
-            self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(60)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture(scope="module")
-def served(resnet18_split: Path) -> Iterator[BackgroundServe]:
-    server = BackgroundServe(resnet18_split, ServeOptions(http_port=0, max_inflight=16))
+def served(resnet18_split: Path) -> Iterator[ServeThread]:
+    server = ServeThread(resnet18_split, ServeOptions(http_port=0, max_inflight=16))
     yield server
     server.stop()
 
@@ -111,14 +70,14 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[s
         return error.code, json.loads(error.read())
 
 
-def test_serve_reports_gateway_and_one_worker_per_block(served: BackgroundServe) -> None:
+def test_serve_reports_gateway_and_one_worker_per_block(served: ServeThread) -> None:
     assert served.info["gateway"].startswith("http://127.0.0.1:")
     assert served.info["model"] == "resnet18"
     assert len(served.info["workers"]) == 3
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_http_results_equal_the_whole_model(served: BackgroundServe, whole_model: Any,
+def test_http_results_equal_the_whole_model(served: ServeThread, whole_model: Any,
                                             binary: bool) -> None:
     x = sample(1)
     with Client(served.info["gateway"], binary=binary) as client:
@@ -127,7 +86,7 @@ def test_http_results_equal_the_whole_model(served: BackgroundServe, whole_model
     np.testing.assert_allclose(result.output, expected(whole_model, x), atol=ATOL, rtol=1e-5)
 
 
-def test_zmq_results_equal_the_whole_model_with_a_trace(served: BackgroundServe,
+def test_zmq_results_equal_the_whole_model_with_a_trace(served: ServeThread,
                                                         whole_model: Any) -> None:
     x = sample(2, batch=2)
     with Client(served.info["zmq"]) as client:
@@ -136,7 +95,7 @@ def test_zmq_results_equal_the_whole_model_with_a_trace(served: BackgroundServe,
     assert [hop["stage"] for hop in result.trace] == ["0", "1", "2"]
 
 
-def test_concurrent_requests_all_answered_correctly(served: BackgroundServe,
+def test_concurrent_requests_all_answered_correctly(served: ServeThread,
                                                     whole_model: Any) -> None:
     inputs = [sample(10 + i) for i in range(12)]
 
@@ -150,7 +109,7 @@ def test_concurrent_requests_all_answered_correctly(served: BackgroundServe,
         np.testing.assert_allclose(output, expected(whole_model, x), atol=ATOL, rtol=1e-5)
 
 
-def test_oip_health_and_metadata(served: BackgroundServe) -> None:
+def test_oip_health_and_metadata(served: ServeThread) -> None:
     base = served.info["gateway"]
     assert http_json(f"{base}/v2/health/live") == (200, {"live": True})
     assert http_json(f"{base}/v2/health/ready") == (200, {"ready": True})
@@ -173,7 +132,7 @@ def test_oip_health_and_metadata(served: BackgroundServe) -> None:
     ([{"name": "input", "datatype": "STRING", "shape": [1], "data": ["x"]}],
      "inputs[0].datatype"),
 ])
-def test_bad_infer_requests_get_400_naming_the_field(served: BackgroundServe,
+def test_bad_infer_requests_get_400_naming_the_field(served: ServeThread,
                                                      inputs: list[dict[str, Any]],
                                                      message: str) -> None:
     status, body = http_json(f"{served.info['gateway']}/v2/models/resnet18/infer",
@@ -182,7 +141,7 @@ def test_bad_infer_requests_get_400_naming_the_field(served: BackgroundServe,
     assert message in body["error"]
 
 
-def test_deadline_exceeded_is_504(served: BackgroundServe) -> None:
+def test_deadline_exceeded_is_504(served: ServeThread) -> None:
     x = sample(3)
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
                         "data": x.reshape(-1).tolist()}], "parameters": {"timeout": 0.0005}}
@@ -190,7 +149,7 @@ def test_deadline_exceeded_is_504(served: BackgroundServe) -> None:
     assert status == 504 and "deadline" in reply["error"]
 
 
-def test_metrics_count_requests(served: BackgroundServe) -> None:
+def test_metrics_count_requests(served: ServeThread) -> None:
     with Client(served.info["gateway"]) as client:
         client.infer(sample(4))
     with urllib.request.urlopen(f"{served.info['gateway']}/metrics", timeout=30) as response:
@@ -200,7 +159,7 @@ def test_metrics_count_requests(served: BackgroundServe) -> None:
 
 
 def test_in_flight_limit_answers_503(resnet18_split: Path) -> None:
-    server = BackgroundServe(resnet18_split, ServeOptions(http_port=0, max_inflight=1,
+    server = ServeThread(resnet18_split, ServeOptions(http_port=0, max_inflight=1,
                                                          max_batch=1))
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -221,7 +180,7 @@ def test_in_flight_limit_answers_503(resnet18_split: Path) -> None:
 
 def test_killed_worker_gives_errors_not_hangs(resnet18_split: Path) -> None:
     before = set(_worker_pids())
-    server = BackgroundServe(resnet18_split, ServeOptions(http_port=0))
+    server = ServeThread(resnet18_split, ServeOptions(http_port=0))
     try:
         victim = max(set(_worker_pids()) - before)  # the last stage started last
         os.kill(victim, signal.SIGKILL)

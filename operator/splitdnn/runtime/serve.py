@@ -15,6 +15,7 @@ import multiprocessing.connection
 import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,3 +213,53 @@ def _signal_event() -> asyncio.Event:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, event.set)
     return event
+
+
+class ServeThread:
+    """``serve_split`` on its own event loop in a background thread, for tests, benchmarks
+    and embedding: ``info`` is the started line, ``deaths`` the workers reported dead."""
+
+    def __init__(self, directory: Path, options: ServeOptions,
+                 start_timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.info: dict[str, Any] = {}
+        self.deaths: list[str] = []
+        self.error: BaseException | None = None
+        self._started = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, args=(directory, options),
+                                        name="splitdnn-serve", daemon=True)
+        self._thread.start()
+        if not self._started.wait(start_timeout_s) or self.error is not None:
+            self.stop()
+            raise WorkerDied(f"serving {directory} did not start: {self.error}")
+
+    def _run(self, directory: Path, options: ServeOptions) -> None:
+        def started(info: dict[str, Any]) -> None:
+            self.info = info
+            self._started.set()
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            await serve_split(directory, options, started, self.deaths.append, self._stop)
+
+        try:
+            self._loop.run_until_complete(main())
+        except BaseException as error:  # reported by __init__ or stop
+            self.error = error
+            self._started.set()
+        finally:
+            self._loop.close()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise RuntimeError("serving did not stop")
+
+    def __enter__(self) -> ServeThread:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
