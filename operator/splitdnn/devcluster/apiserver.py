@@ -387,6 +387,10 @@ def _int_rv(text: str) -> int:
 
 
 async def _body(request: web.Request, allow_empty: bool = False) -> Any:
+    if "protobuf" in request.headers.get("Content-Type", ""):
+        raise ApiError(415, "UnsupportedMediaType", "the devcluster speaks JSON only, not "
+                       "protobuf (kubectl's `create <kind>` generators send protobuf: use "
+                       "`kubectl apply -f` or `create -f` instead)")
     raw = await request.read()
     if not raw.strip():
         if allow_empty:

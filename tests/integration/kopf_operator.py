@@ -1,0 +1,31 @@
+"""A tiny kopf operator the integration tests run against the devcluster.
+
+It handles ``Widget`` objects (a test CRD): on create it writes ``status.seen`` through
+kopf's status patching; its delete handler makes kopf hold a finalizer, and on delete it
+records a ConfigMap ``<name>-deleted`` so the test can see that the handler ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+import kubernetes
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 30
+    kubernetes.config.load_kube_config()
+
+
+@kopf.on.create("test.splitdnn.io", "v1", "widgets")
+def created(spec: dict[str, Any], patch: kopf.Patch, **_: Any) -> None:
+    patch.status["seen"] = spec.get("size", 0) * 2
+
+
+@kopf.on.delete("test.splitdnn.io", "v1", "widgets")
+def deleted(name: str, namespace: str, **_: Any) -> None:
+    kubernetes.client.CoreV1Api().create_namespaced_config_map(
+        namespace, {"metadata": {"name": f"{name}-deleted"}})
