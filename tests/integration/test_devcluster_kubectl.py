@@ -26,14 +26,15 @@ spec:
       containers:
       - name: echo
         image: python
-        command: [python, -c, "import os, time; print('hello', os.environ['GREETING']); time.sleep(600)"]
+        command: [python, -c, "import os, time; print('hello', os.environ['GREETING']);
+                  time.sleep(600)"]
         env: [{name: GREETING, value: "GREETING_VALUE"}]
 """
 
 
 def test_apply_get_wait_patch_replace_label_logs_delete(kubectl: Callable[..., str]) -> None:
-    assert "deployment.apps/echo created" in kubectl("apply", "-f", "-",
-                                                     stdin=DEPLOYMENT.replace("GREETING_VALUE", "one"))
+    first = DEPLOYMENT.replace("GREETING_VALUE", "one")
+    assert "deployment.apps/echo created" in kubectl("apply", "-f", "-", stdin=first)
     kubectl("rollout", "status", "deployment/echo", "--timeout=30s")
     kubectl("wait", "--for=condition=Available", "deployment/echo", "--timeout=30s")
     pods = json.loads(kubectl("get", "pods", "-l", "app=echo", "-o", "json"))["items"]
