@@ -6,7 +6,14 @@ Each module of this package registers the commands of one area on the shared ``a
 
 from __future__ import annotations
 
-from splitdnn.cli import api, devcluster, graph, planning  # noqa: F401  (imported for their commands)
+from splitdnn.cli import (  # noqa: F401  (imported for their commands)
+    api,
+    devcluster,
+    graph,
+    planning,
+    profiling,
+    runtime,
+)
 from splitdnn.cli.common import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,146 @@
+"""Build a real profile dataset on this machine: several CPU hardware classes × many models.
+
+The classes truly differ in how they run the same segments: ONNX Runtime on 1 or 2 threads,
+and 1 or 2 threads under a CFS CPU quota (25 % or 50 % of one core). Each quota class runs
+its ``splitdnn profile`` processes inside its own cgroup (v1 ``cpu.cfs_quota_us`` or v2
+``cpu.max``, whichever this machine has; creating one needs root). Models are the outer
+loop and classes the inner one, so that the load from other work on a shared machine
+spreads over all classes instead of biasing one.
+
+Every model's profile goes to ``RAW/CLASS/MODEL.json``; the per-class merges (see
+``splitdnn.profiling.merge_profiles``) go to ``OUT/CLASS.json``::
+
+    python bench/collect_profiles.py --raw out/profiles-raw --out tests/data/profiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from doc_section import load_average
+
+MODELS = [
+    "alexnet", "vgg11", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
+    "mobilenet_v3_small", "mobilenet_v3_large", "squeezenet1_0", "squeezenet1_1",
+    "shufflenet_v2_x1_0", "mnasnet1_0", "efficientnet_b0", "regnet_x_400mf", "googlenet",
+    "densenet121",
+]
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+CFS_PERIOD_US = 5000  # short periods make a quota act like a slower core, not a stutter
+
+
+@dataclass(frozen=True)
+class HardwareClass:
+    """One emulated kind of node: ORT threads and an optional CPU quota (in cores)."""
+
+    name: str
+    threads: int
+    quota: float | None = None
+
+
+CLASSES = [
+    HardwareClass("cpu-1t", 1),
+    HardwareClass("cpu-2t", 2),
+    HardwareClass("cpu-1t-q50", 1, 0.5),
+    HardwareClass("cpu-1t-q25", 1, 0.25),
+    HardwareClass("cpu-2t-q50", 2, 0.5),
+]
+
+
+def make_cgroup(name: str, quota: float) -> Path:
+    """A cgroup limited to ``quota`` cores; returns the file a pid is written to to join it."""
+    if (CGROUP_V1 / "cpu.cfs_quota_us").is_file():
+        group = CGROUP_V1 / name
+        group.mkdir(exist_ok=True)
+        (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(int(quota * CFS_PERIOD_US)))
+        return group / "tasks"
+    if (CGROUP_V2 / "cgroup.controllers").is_file():
+        group = CGROUP_V2 / name
+        group.mkdir(exist_ok=True)
+        (group / "cpu.max").write_text(f"{int(quota * CFS_PERIOD_US)} {CFS_PERIOD_US}")
+        return group / "cgroup.procs"
+    raise SystemExit("no cgroup v1 cpu controller or cgroup v2 cpu.max here: cannot set quotas")
+
+
+def joiner(tasks: Path | None) -> Callable[[], None] | None:
+    """A preexec function that moves the child into the cgroup before it runs anything."""
+    if tasks is None:
+        return None
+    return lambda: tasks.write_text(str(os.getpid()))
+
+
+def export_all(models: list[str]) -> None:
+    """Export every model once, outside any quota, so that profiling times only ORT."""
+    from splitdnn.graph import resolve_model
+
+    for name in models:
+        resolve_model(f"torchvision:{name}")
+
+
+def profile_command(
+    model: str, hw: HardwareClass, out: Path, args: argparse.Namespace
+) -> list[str]:
+    return [
+        str(Path(sys.executable).with_name("splitdnn")), "profile", f"torchvision:{model}",
+        "--out", str(out), "--hardware-class", hw.name, "--threads", str(hw.threads),
+        "--sample-fraction", str(args.sample_fraction), "--repeats", str(args.repeats),
+        "--min-sample-ms", str(args.min_sample_ms), "--json",
+    ]
+
+
+def merge(raw: Path, out: Path) -> None:
+    from splitdnn.profiling import Profile, merge_profiles
+
+    out.mkdir(parents=True, exist_ok=True)
+    for directory in sorted(path for path in raw.iterdir() if path.is_dir()):
+        profiles = [Profile.load(path) for path in sorted(directory.glob("*.json"))]
+        if profiles:
+            merged = merge_profiles(profiles)
+            merged.save(out / f"{merged.hardware_class}.json")
+            print(f"{merged.hardware_class}: {len(merged.entries)} signatures from "
+                  f"{len(profiles)} models -> {out / (merged.hardware_class + '.json')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--raw", type=Path, default=Path("out/profiles-raw"))
+    parser.add_argument("--out", type=Path, default=Path("tests/data/profiles"))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--classes", default=",".join(hw.name for hw in CLASSES))
+    parser.add_argument("--sample-fraction", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--min-sample-ms", type=float, default=10.0)
+    parser.add_argument("--merge-only", action="store_true")
+    args = parser.parse_args()
+    if not args.merge_only:
+        models = args.models.split(",")
+        wanted = set(args.classes.split(","))
+        classes = [hw for hw in CLASSES if hw.name in wanted]
+        export_all(models)
+        groups = {hw.name: make_cgroup(f"splitdnn-{hw.name}", hw.quota) if hw.quota else None
+                  for hw in classes}
+        for model in models:
+            for hw in classes:
+                target = args.raw / hw.name / f"{model}.json"
+                if target.is_file():
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                began = time.perf_counter()
+                subprocess.run(profile_command(model, hw, target, args), check=True,
+                               stdout=subprocess.DEVNULL, preexec_fn=joiner(groups[hw.name]))
+                print(f"{model} on {hw.name}: {time.perf_counter() - began:.1f} s, "
+                      f"load {load_average()}", flush=True)
+    merge(args.raw, args.out)
+
+
+if __name__ == "__main__":
+    main()
