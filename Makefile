@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools test test-fast demo crds lint bench bench-sweep clean
+.PHONY: setup tools test test-fast demo crds lint bench bench-runtime bench-sweep clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/bench_graph.py --write docs/benchmarks.md
+
+# The block runtime vs the whole model: latency, throughput, cost per hop, client protocols.
+bench-runtime: setup
+	$(BIN)/python bench/bench_runtime.py --write docs/benchmarks.md
 
 # Every torchvision classification model, one subprocess each (tens of minutes).
 bench-sweep: setup
