@@ -49,8 +49,8 @@ kubelet: {restartBackoffSeconds: 0.2, podEvictionSeconds: 2}
 class Api:
     """A thin JSON client for the emulated API server."""
 
-    def __init__(self, server: str) -> None:
-        self.server = server
+    def __init__(self, server: str, state_dir: Path) -> None:
+        self.server, self.state_dir = server, state_dir
         self.session = requests.Session()
 
     def request(self, method: str, path: str, body: Any = None,
@@ -95,7 +95,7 @@ def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 
 @pytest.fixture(scope="session")
 def api(devcluster: dict[str, Any]) -> Api:
-    return Api(devcluster["server"])
+    return Api(devcluster["server"], Path(devcluster["stateDir"]))
 
 
 @pytest.fixture

@@ -1,0 +1,154 @@
+"""Real isolation of emulated nodes (network namespaces, shaped links, CPU quotas), faults,
+and a clean machine after ``down``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from splitdnn.devcluster import running, set_node, start, stop
+from tests.integration.conftest import Api
+
+PY = "python"
+RECEIVER = """
+import os, socket, time
+server = socket.socket(); server.bind((os.environ['POD_IP'], 5201)); server.listen(1)
+conn, _ = server.accept(); total, first = 0, None
+while True:
+    chunk = conn.recv(1 << 16)
+    if not chunk: break
+    first = first or time.monotonic(); total += len(chunk)
+print(total, time.monotonic() - first, flush=True)
+"""
+SENDER = """
+import os, socket
+sock = socket.create_connection((os.environ['TARGET'], 5201))
+sock.sendall(b'x' * (8 << 20)); sock.close()
+"""
+BUSY = """
+import time
+wall, cpu = time.monotonic(), time.process_time()
+while time.monotonic() - wall < 2.0: pass
+print((time.process_time() - cpu) / (time.monotonic() - wall), flush=True)
+"""
+
+
+def _pod(name: str, code: str, node_class: str, **container: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {
+        "restartPolicy": "Never", "nodeSelector": {"splitdnn.io/device-class": node_class},
+        "containers": [{"name": "main", "image": PY, "command": [PY, "-c", code],
+                        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {
+                            "fieldPath": "status.podIP"}}}], **container}]}}
+
+
+def _phase(pod: Any) -> str:
+    return str((pod.get("status") or {}).get("phase")) if isinstance(pod, dict) else ""
+
+
+def _require_isolation(devcluster: dict[str, Any], what: str) -> None:
+    if not devcluster[what]:
+        pytest.skip(f"no {what} on this machine: {devcluster['warnings']}")
+
+
+def test_link_throughput_matches_configured_bandwidth(api: Api, devcluster: dict[str, Any],
+                                                      namespace: str) -> None:
+    _require_isolation(devcluster, "networkIsolated")
+    base = f"/api/v1/namespaces/{namespace}/pods"
+    api.ok("POST", base, _pod("receiver", RECEIVER, "v100-server"))
+    receiver = api.wait_for(f"{base}/receiver", lambda p: _phase(p) == "Running")
+    time.sleep(0.5)  # let it bind
+    sender = _pod("sender", SENDER, "jetson-nano")
+    sender["spec"]["containers"][0]["env"].append(
+        {"name": "TARGET", "value": receiver["status"]["podIP"]})
+    api.ok("POST", base, sender)
+    api.wait_for(f"{base}/receiver", lambda p: _phase(p) == "Succeeded", timeout=30)
+    total, seconds = api.request("GET", f"{base}/receiver/log").text.split()
+    mbit = int(total) * 8 / float(seconds) / 1e6
+    assert int(total) == 8 << 20
+    assert 40 * 0.8 <= mbit <= 40 * 1.2, f"{mbit:.1f} Mbit/s over a 40 Mbit/s link"
+
+
+def test_node_cpu_quota_limits_its_pods(api: Api, devcluster: dict[str, Any],
+                                        namespace: str) -> None:
+    _require_isolation(devcluster, "cpuLimited")
+    base = f"/api/v1/namespaces/{namespace}/pods"
+    api.ok("POST", base, _pod("busy", BUSY, "jetson-nano"))
+    api.wait_for(f"{base}/busy", lambda p: _phase(p) == "Succeeded", timeout=30)
+    share = float(api.request("GET", f"{base}/busy/log").text)
+    assert share < 0.25 * 1.3, f"a 0.25-core node gave one process {share:.2f} of a core"
+
+
+def test_node_down_kills_marks_and_evicts_then_node_up(api: Api, devcluster: dict[str, Any],
+                                                       namespace: str) -> None:
+    state_dir = Path(devcluster["stateDir"])
+    base = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    api.ok("POST", base, {"metadata": {"name": "edge"}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": {"app": "edge"}},
+        "template": {"metadata": {"labels": {"app": "edge"}}, "spec": {
+            "nodeSelector": {"splitdnn.io/device-class": "jetson-nano"},
+            "containers": [{"name": "main", "image": PY,
+                            "command": [PY, "-c", "import time; time.sleep(600)"]}]}}}})
+    pods = f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3Dedge"
+    running_pod = api.wait_for(pods, lambda r: [_phase(p) for p in r["items"]] == ["Running"]
+                               )["items"][0]
+    pid = int(running_pod["status"]["containerStatuses"][0]["containerID"].split("//")[1])
+    set_node(state_dir, "jetson-0", up=False)
+    try:
+        node = api.ok("GET", "/api/v1/nodes/jetson-0")
+        ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "Unknown"
+        assert {t["key"] for t in node["spec"]["taints"]} == {"node.kubernetes.io/unreachable"}
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        # evicted after podEvictionSeconds; the replacement has nowhere to go
+        replacement = api.wait_for(pods, lambda r: len(r["items"]) == 1 and r["items"][0][
+            "metadata"]["name"] != running_pod["metadata"]["name"] and not r["items"][0][
+            "spec"].get("nodeName"), what="eviction and an unschedulable replacement")
+        assert "untolerated taint" in str(replacement["items"][0]["status"]["conditions"])
+    finally:
+        set_node(state_dir, "jetson-0", up=True)
+    api.wait_for(pods, lambda r: [_phase(p) for p in r["items"]] == ["Running"],
+                 what="the replacement to run after node-up")
+
+
+def _machine_snapshot() -> dict[str, set[str]]:
+    def lines(*argv: str) -> set[str]:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+    links = {name.split("@")[0] for name in lines("ip", "-br", "link")}
+    cgroups = {p.name for p in Path("/sys/fs/cgroup/cpu").glob("splitdnn-*")} \
+        if Path("/sys/fs/cgroup/cpu").exists() else set()
+    return {"netns": {n for n in lines("ip", "netns", "list") if n.startswith("sdn-")},
+            "links": {n for n in links if n.startswith(("sdb", "sdv"))},
+            "cgroups": cgroups}
+
+
+def test_up_then_down_leaves_the_machine_as_it_was(tmp_path: Path) -> None:
+    state_dir = tmp_path / "cluster"
+    before = _machine_snapshot()
+    state = start(state_dir)
+    try:
+        api = Api(state["server"], state_dir)
+        api.ok("POST", "/api/v1/namespaces/default/pods", _pod(
+            "sleeper", "import time; time.sleep(600)", "jetson-nano"))
+        pod = api.wait_for("/api/v1/namespaces/default/pods/sleeper",
+                           lambda p: _phase(p) == "Running")
+        pid = int(pod["status"]["containerStatuses"][0]["containerID"].split("//")[1])
+        during = _machine_snapshot()
+        if state["networkIsolated"]:
+            assert len(during["netns"] - before["netns"]) == 2
+    finally:
+        assert stop(state_dir)
+    assert _machine_snapshot() == before
+    assert not state_dir.exists() and running(state_dir) is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(state["pid"]), 0)
