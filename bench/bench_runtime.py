@@ -155,7 +155,7 @@ def bench_throughput(work: Path, rounds: int, seconds: float, in_flight: int,
     rows = []
     for blocks in (2, 3, 4):
         directory, whole_path = split_resnet(work, blocks)
-        options = ServeOptions(http_port=0, threads=1, max_batch=8, max_delay_ms=2,
+        options = ServeOptions(http_port=0, threads=1, max_batch=8, max_delay_ms=0,
                                max_inflight=in_flight * 2)
         whole: dict[str, list[float]] = {}
         piped: list[float] = []

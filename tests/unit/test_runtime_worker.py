@@ -67,8 +67,13 @@ class Harness:
         return not self.replies.poll(timeout_ms)
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.worker.metrics.registry.get_sample_value(name, labels)
-        return value or 0.0
+        """A metric's value, waiting briefly for the worker thread to count what it sent."""
+        deadline = time.monotonic() + 2
+        while True:
+            value = self.worker.metrics.registry.get_sample_value(name, labels) or 0.0
+            if value or time.monotonic() > deadline:
+                return value
+            time.sleep(0.01)
 
 
 def start_worker(tmp_path: Path, **options: Any) -> Iterator[Harness]:
@@ -122,6 +127,29 @@ def test_middle_stage_forwards_to_next(tmp_path: Path) -> None:
             assert forwarded.id == "fwd" and forwarded.reply_to == h.reply_address
             np.testing.assert_allclose(forwarded.tensors[0], reference(x), rtol=1e-6)
             assert h.nothing_arrives()
+    finally:
+        context.destroy(linger=0)
+
+
+def test_next_stage_replicas_share_the_load(tmp_path: Path) -> None:
+    context: zmq.Context[Any] = zmq.Context()
+    replicas = [context.socket(zmq.PULL) for _ in range(2)]
+    endpoints = [f"ipc://{tmp_path}/replica{index}" for index in range(2)]
+    for replica, endpoint in zip(replicas, endpoints, strict=True):
+        replica.bind(endpoint)
+    try:
+        for h in start_worker(tmp_path, next=endpoints):
+            time.sleep(0.2)  # both connections up, so round-robin sees both replicas
+            for index in range(10):
+                h.send(np.ones((1, 4), np.float32), f"lb{index}")
+            counts = []
+            for replica in replicas:
+                received = 0
+                while replica.poll(500):
+                    replica.recv_multipart()
+                    received += 1
+                counts.append(received)
+            assert counts == [5, 5]
     finally:
         context.destroy(linger=0)
 

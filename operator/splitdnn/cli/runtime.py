@@ -147,7 +147,7 @@ def serve(
     threads: Annotated[int, typer.Option("--threads", min=1,
                                          help="ORT threads per worker")] = 1,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1)] = 8,
-    max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", min=0.0)] = 2.0,
+    max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", min=0.0)] = 0.0,
     exit_heads: Annotated[list[str] | None, typer.Option(
         "--exit-head", help="BLOCK:FILE:THRESHOLD, an early exit after a block (repeatable)")]
     = None,

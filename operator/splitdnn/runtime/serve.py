@@ -45,7 +45,7 @@ class ServeOptions:
     name: str | None = None
     threads: int | None = 1
     max_batch: int = 8
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     max_inflight: int = 64
     timeout_s: float = 30.0
     exits: list[ExitHead] = field(default_factory=list)
