@@ -23,7 +23,7 @@ import pytest
 from splitdnn.graph import analyse_model, resolve_model, split_model
 from splitdnn.graph.onnx_runtime import cpu_session
 from splitdnn.runtime.client import Client, InferenceError
-from splitdnn.runtime.serve import ServeOptions, ServeThread
+from splitdnn.runtime.serve import ExitHead, ServeOptions, ServeThread
 
 ATOL = 1e-4
 
@@ -237,3 +237,33 @@ def test_serve_rejects_a_directory_without_manifest(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "splitdnn", "serve", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "manifest.json" in result.stderr
+
+
+def pooled_exit_head(path: Path, channels: int, classes: int = 10) -> Path:
+    """GlobalAveragePool -> Flatten -> Gemm: logits from a block's feature map."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).standard_normal((classes, channels)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)],
+        "exit_head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", channels, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_early_exit_through_serve_reports_the_exit(resnet18_split: Path, tmp_path: Path) -> None:
+    head = pooled_exit_head(tmp_path / "exit0.onnx", channels=128)
+    options = ServeOptions(http_port=0, exits=[ExitHead(0, head, 0.0)])  # always taken
+    with ServeThread(resnet18_split, options) as server:
+        for url in (server.info["gateway"], server.info["zmq"]):
+            with Client(url) as client:
+                result = client.infer_result(sample(6))
+            assert result.exit == 0 and result.output.shape == (1, 10)
