@@ -267,3 +267,19 @@ def test_early_exit_through_serve_reports_the_exit(resnet18_split: Path, tmp_pat
             with Client(url) as client:
                 result = client.infer_result(sample(6))
             assert result.exit == 0 and result.output.shape == (1, 10)
+
+
+def test_demo_splits_verifies_and_serves(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "splitdnn", "demo", "--model", "torchvision:resnet18",
+         "--out", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PASS 3 blocks vs whole model" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "OIP v2 HTTP" in line
+            or "native ZeroMQ" in line]
+    assert len(rows) == 2
+    for row in rows:
+        error = float(row.strip("│ ").split("│")[-1])
+        assert error <= ATOL

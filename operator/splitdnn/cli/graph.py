@@ -182,7 +182,7 @@ def demo(
     blocks: Annotated[int, typer.Option(help="How many blocks to cut the model into")] = 3,
     out: Annotated[Path, typer.Option(help="Where the blocks go")] = Path("out/demo"),
 ) -> None:
-    """Inspect a model, split it into blocks of similar cost and verify the blocks."""
+    """Inspect a model, split it into blocks of similar cost, verify and serve the blocks."""
     from splitdnn.graph.blocks import balanced_cuts
 
     with user_errors():
@@ -193,3 +193,6 @@ def demo(
         manifest = split_model(graph, cuts, out)
     stdout.print(block_table(manifest, out))
     verify(out, samples=4, atol=1e-4, rtol=1e-5, optimization="extended", as_json=False)
+    from splitdnn.cli.runtime import demo_serving
+
+    demo_serving(out)

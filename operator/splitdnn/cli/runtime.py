@@ -212,3 +212,42 @@ def infer(
     if result.output.ndim == 2:
         summary["top1"] = result.output.argmax(axis=1).tolist()
     stdout.print_json(json.dumps(summary)) if sys.stdout.isatty() else print(json.dumps(summary))
+
+
+def demo_serving(directory: Path, requests: int = 8) -> None:
+    """Serve a split, send requests over HTTP and ZeroMQ, compare with the whole model."""
+    import statistics
+    import time
+
+    import numpy as np
+    from rich.table import Table
+
+    from splitdnn.graph.blocks import BlockManifest
+    from splitdnn.graph.onnx_runtime import cpu_session
+    from splitdnn.runtime.client import Client
+    from splitdnn.runtime.serve import ServeOptions, ServeThread
+
+    manifest = BlockManifest.load(directory)
+    shape, dtype = manifest.data["input"]["shape"], manifest.data["input"]["dtype"]
+    inputs = [np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+              for seed in range(requests)]
+    whole = cpu_session(str(manifest.data["source"]["file"]), optimization="all")
+    table = Table(title=f"{requests} requests through the served blocks")
+    for column in ("path", "median ms", "max abs error vs whole model"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    with stderr.status(f"serving {directory}: one worker per block + gateway ..."), \
+            ServeThread(directory, ServeOptions(http_port=0)) as served:
+        expected = [whole.run(None, {whole.get_inputs()[0].name: x})[0] for x in inputs]
+        for label, url in (("OIP v2 HTTP", served.info["gateway"]),
+                           ("native ZeroMQ", served.info["zmq"])):
+            with Client(url) as client:
+                times, errors = [], []
+                for x, want in zip(inputs, expected, strict=True):
+                    began = time.perf_counter()
+                    got = client.infer(x)
+                    times.append(1000 * (time.perf_counter() - began))
+                    errors.append(float(np.max(np.abs(got - want))))
+            table.add_row(label, f"{statistics.median(times):.1f}", f"{max(errors):.3g}")
+    stdout.print(f"gateway was {served.info['gateway']}, workers "
+                 f"{', '.join(served.info['workers'])}", highlight=False)
+    stdout.print(table)
