@@ -223,3 +223,21 @@ def test_package_ships_default_config() -> None:
     assert jetson.kernel_version.endswith("-tegra")
     assert any(node.get("nvidia.com/gpu.product") == "Tesla-V100-SXM2-16GB" and
                node.get("nvidia.com/gpu.count") == "1" for node in labels.values())
+
+
+def test_custom_resources_are_validated_pruned_and_defaulted(api: Api, namespace: str) -> None:
+    _crds(api)
+    base = f"/apis/splitdnn.io/v1alpha1/namespaces/{namespace}/splitplans"
+    plan = _example("SplitPlan")
+    plan["metadata"] = {"name": "gap"}
+    plan["spec"]["stages"][1]["layers"] = [39, 80]  # a gap after stage 0: a CEL rule
+    rejected = api.request("POST", base, plan)
+    assert rejected.status_code == 422
+    assert {c["field"] for c in rejected.json()["details"]["causes"]} == {"spec.stages"}
+    plan = _example("SplitPlan")
+    plan["metadata"] = {"name": "extra"}
+    plan["spec"]["surprise"] = 1
+    strict = api.request("POST", base, plan, fieldValidation="Strict")
+    assert strict.status_code == 422 and "surprise" in strict.text
+    stored = api.ok("POST", base, plan)
+    assert "surprise" not in stored["spec"]  # pruned, as the API server does

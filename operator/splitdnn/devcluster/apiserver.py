@@ -84,6 +84,9 @@ class ApiServer:
             return _json(ApiError(400, "BadRequest", f"malformed body: {exc}").status(), 400)
         except SelectorError as exc:
             return _json(ApiError(400, "BadRequest", str(exc)).status(), 400)
+        except Exception as exc:  # an emulator bug: answer as the API server would, and log
+            log.exception("internal error serving %s %s", request.method, request.path)
+            return _json(ApiError(500, "InternalError", f"devcluster: {exc!r}").status(), 500)
 
     def _types(self) -> list[ResourceType]:
         return list(self.store.types.values())
@@ -152,6 +155,7 @@ class ApiServer:
     async def _resource(self, request: web.Request, target: Target) -> web.StreamResponse:
         method, query = request.method, request.query
         dry_run = "dryRun" in query
+        strict = query.get("fieldValidation") == "Strict"
         store, rt = self.store, target.rt
         if method == "GET" and target.name is None:
             if query.get("watch") in ("1", "true"):
@@ -159,7 +163,8 @@ class ApiServer:
             return self._list(request, target)
         if target.name is None and method == "POST":
             body = await _body(request)
-            return self._out(request, rt, store.create(rt, target.namespace, body, dry_run), 201)
+            return self._out(request, rt, store.create(rt, target.namespace, body, dry_run,
+                                                       strict), 201)
         if target.name is None and method == "DELETE":
             return self._delete_collection(request, target)
         name = target.name or ""
@@ -172,16 +177,17 @@ class ApiServer:
         if method == "PUT":
             body = await _body(request)
             if target.subresource is None and store.find(rt, target.namespace, name) is None:
-                return self._out(request, rt, store.create(rt, target.namespace, body, dry_run),
-                                 201)
+                return self._out(request, rt, store.create(rt, target.namespace, body, dry_run,
+                                                           strict), 201)
             return self._out(request, rt, store.update(rt, target.namespace, name, body,
-                                                       target.subresource, dry_run))
+                                                       target.subresource, dry_run, strict))
         if method == "PATCH":
             ctype = request.headers.get("Content-Type", "application/merge-patch+json")
             body = await _body(request)
             existed = store.find(rt, target.namespace, name) is not None
             obj = store.patch(rt, target.namespace, name, ctype, body, target.subresource,
-                              dry_run, create_missing=ctype.startswith("application/apply-patch"))
+                              dry_run, create_missing=ctype.startswith("application/apply-patch"),
+                              strict=strict)
             return self._out(request, rt, obj, 200 if existed else 201)
         if method == "DELETE":
             options = await _body(request, allow_empty=True)

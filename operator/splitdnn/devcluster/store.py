@@ -12,6 +12,7 @@ Every change is appended to a bounded event log; watches replay it to resume fro
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import uuid
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from splitdnn.api.errors import UNKNOWN_FIELD
+from splitdnn.api.validation import CrdValidator
 from splitdnn.devcluster.patching import PatchError, apply_patch
 from splitdnn.devcluster.resources import BUILTIN_TYPES, ResourceType
 
@@ -89,6 +92,9 @@ class Store:
         # (group, plural) -> predicate: True when deleting this object must wait for its
         # owner process (the kubelet stops a pod's containers before the pod goes away).
         self.graceful_deletion: dict[StoreKey, Callable[[Obj], bool]] = {}
+        # Custom resources are pruned, defaulted and validated against their CRD's schema
+        # (OpenAPI v3 + CEL rules), as the apiextensions-apiserver does.
+        self.validators: dict[tuple[str, str, str], CrdValidator] = {}
         self._collecting = False
         for rt in BUILTIN_TYPES:
             self.register(rt)
@@ -164,7 +170,8 @@ class Store:
         return None
 
     # ---- writes --------------------------------------------------------------------
-    def create(self, rt: ResourceType, namespace: str, body: Obj, dry_run: bool = False) -> Obj:
+    def create(self, rt: ResourceType, namespace: str, body: Obj, dry_run: bool = False,
+               strict: bool = False) -> Obj:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
@@ -188,7 +195,8 @@ class Store:
             resource = f"{rt.plural}.{rt.group}" if rt.group else rt.plural
             raise ApiError(409, "AlreadyExists", f'{resource} "{name}" already exists',
                            name=name, group=rt.group, kind=rt.plural)
-        self._validate(rt, obj)
+        obj = self._admit(rt, obj, strict)
+        meta = obj["metadata"]
         for transient in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(transient, None)
         meta["uid"] = str(uuid.uuid4())
@@ -206,7 +214,8 @@ class Store:
         return self.get(rt, namespace, name)
 
     def update(self, rt: ResourceType, namespace: str, name: str, body: Obj,
-               subresource: str | None = None, dry_run: bool = False) -> Obj:
+               subresource: str | None = None, dry_run: bool = False,
+               strict: bool = False) -> Obj:
         """PUT: replace the object (or only its status), with optimistic concurrency."""
         old = self.get(rt, namespace, name)
         sent_rv = (body.get("metadata") or {}).get("resourceVersion")
@@ -214,11 +223,11 @@ class Store:
         if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
             raise conflict(rt, name, "the object has been modified; please apply your changes "
                                      "to the latest version and try again")
-        return self._write(rt, old, new, dry_run)
+        return self._write(rt, old, new, dry_run, strict)
 
     def patch(self, rt: ResourceType, namespace: str, name: str, content_type: str,
               patch: Any, subresource: str | None = None, dry_run: bool = False,
-              create_missing: bool = False) -> Obj:
+              create_missing: bool = False, strict: bool = False) -> Obj:
         """PATCH with any of the four flavours; resourceVersion in the patch is a precondition."""
         old = self.find(rt, namespace, name)
         if old is None:
@@ -226,7 +235,7 @@ class Store:
                 raise not_found(rt, name)
             body = dict(patch)
             body.setdefault("metadata", {})["name"] = name
-            return self.create(rt, namespace, body, dry_run)
+            return self.create(rt, namespace, body, dry_run, strict)
         try:
             patched = apply_patch(content_type, old, patch)
         except PatchError as exc:
@@ -236,7 +245,7 @@ class Store:
             raise conflict(rt, name, "the object has been modified; please apply your changes "
                                      "to the latest version and try again")
         new = self._merge_write(rt, old, patched, subresource)
-        return self._write(rt, old, new, dry_run)
+        return self._write(rt, old, new, dry_run, strict)
 
     def _merge_write(self, rt: ResourceType, old: Obj, body: Obj, subresource: str | None) -> Obj:
         """The object to store: status only through /status, identity fields kept."""
@@ -269,10 +278,11 @@ class Store:
                                f"is being deleted, found new finalizers {sorted(added)!r}")
         return new
 
-    def _write(self, rt: ResourceType, old: Obj, new: Obj, dry_run: bool) -> Obj:
+    def _write(self, rt: ResourceType, old: Obj, new: Obj, dry_run: bool,
+               strict: bool = False) -> Obj:
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        new = self._admit(rt, new, strict)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        self._validate(rt, new)
         if _spec_of(rt, new) != _spec_of(rt, old):
             new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         if new == old or dry_run:
@@ -343,6 +353,25 @@ class Store:
         if ns["metadata"].get("deletionTimestamp"):
             raise ApiError(403, "Forbidden", f"unable to create new content in namespace "
                            f"{namespace} because it is being terminated")
+
+    def _admit(self, rt: ResourceType, obj: Obj, strict: bool) -> Obj:
+        """Validate; custom resources are also pruned and defaulted by their schema.
+        Unknown fields are errors only with ``fieldValidation=Strict`` (else dropped)."""
+        self._validate(rt, obj)
+        validator = self.validators.get((rt.group, rt.version, rt.plural))
+        if validator is None:
+            return obj
+        candidate = dict(obj, apiVersion=rt.api_version, kind=rt.kind)
+        errors = [e for e in validator.validate(candidate)
+                  if strict or e.reason != UNKNOWN_FIELD]
+        if errors:
+            name = obj["metadata"].get("name", "")
+            listing = ", ".join(str(e) for e in errors)
+            raise ApiError(422, "Invalid", f'{rt.kind}.{rt.group} "{name}" is invalid: '
+                           f"[{listing}]", name=name, group=rt.group, kind=rt.kind,
+                           causes=[{"reason": e.reason, "message": e.message, "field": e.path}
+                                   for e in errors])
+        return validator.default(candidate)
 
     def _validate(self, rt: ResourceType, obj: Obj) -> None:
         name = obj["metadata"]["name"]
@@ -420,8 +449,14 @@ class Store:
         spec = crd.get("spec") or {}
         names = spec.get("names") or {}
         self.unregister_group_plural(spec.get("group", ""), names.get("plural", ""))
+        for key in [k for k in self.validators if k[0] == spec.get("group") and
+                    k[2] == names.get("plural")]:
+            del self.validators[key]
         for rt in ResourceType.from_crd(crd):
             self.register(rt)
+            with contextlib.suppress(KeyError, TypeError):
+                self.validators[(rt.group, rt.version, rt.plural)] = CrdValidator.for_crd(
+                    crd, rt.version)
         status = {
             "acceptedNames": {k: v for k, v in names.items() if k != "listKind"}
             | {"listKind": names.get("listKind", f"{names.get('kind', '')}List")},
