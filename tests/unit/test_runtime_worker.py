@@ -290,3 +290,73 @@ def test_stalled_consumer_bounds_what_is_buffered(tmp_path: Path) -> None:
             assert accepted < 100, f"{accepted} messages accepted with a stalled consumer"
     finally:
         context.destroy(linger=0)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_worker_command_serves_probes_metrics_and_requests(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    block = matmul_model(tmp_path / "b.onnx", WEIGHTS)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "splitdnn", "worker", "--block", str(block), "--listen",
+         f"ipc://{tmp_path}/in", "--stage", "7", "--metrics-port", str(port), "--threads", "1"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        deadline = time.monotonic() + 60
+        while http_get(f"http://127.0.0.1:{port}/readyz")[0] != 200:
+            assert process.poll() is None and time.monotonic() < deadline, "never ready"
+            time.sleep(0.1)
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        sender, replies = context.socket(zmq.PUSH), context.socket(zmq.PULL)
+        replies.bind(f"ipc://{tmp_path}/replies")
+        sender.connect(f"ipc://{tmp_path}/in")
+        x = np.ones((3, 4), np.float32)
+        sender.send_multipart(encode(Message("cli", f"ipc://{tmp_path}/replies",
+                                             time.time() + 30, [x])))
+        assert replies.poll(10_000)
+        reply = decode(replies.recv_multipart())
+        np.testing.assert_allclose(reply.tensors[0], reference(x), rtol=1e-6)
+        status, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert 'splitdnn_requests_total{outcome="done",stage="7"} 1.0' in metrics
+    finally:
+        process.terminate()
+        process.wait(30)
+        context.destroy(linger=0)
+    assert process.returncode == 0
+
+
+def test_worker_command_names_a_block_it_cannot_load(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    result = subprocess.run(
+        [sys.executable, "-m", "splitdnn", "worker", "--block", str(tmp_path / "broken.onnx"),
+         "--listen", f"ipc://{tmp_path}/in"], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "worker 0:" in result.stderr
