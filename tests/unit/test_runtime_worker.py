@@ -360,3 +360,43 @@ def test_worker_command_names_a_block_it_cannot_load(tmp_path: Path) -> None:
          "--listen", f"ipc://{tmp_path}/in"], capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and "worker 0:" in result.stderr
+
+
+def test_gateway_command_in_front_of_a_worker_command(tmp_path: Path) -> None:
+    """The two commands as the operator runs them in pods: worker and gateway processes."""
+    import json
+    import subprocess
+    import sys
+
+    from splitdnn.runtime.client import Client
+
+    block = matmul_model(tmp_path / "block_0.onnx", WEIGHTS)
+    spec = {"name": "x", "shape": [1, 4], "dtype": "float32"}
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "model": "torchvision:toy", "input": spec, "output": {**spec, "name": "y"},
+        "blocks": [{"index": 0, "file": block.name, "batch_free": True}]}))
+    port = free_port()
+    commands = [
+        ["worker", "--block", str(block), "--listen", f"ipc://{tmp_path}/stage0"],
+        ["gateway", "--manifest", str(tmp_path), "--first", f"ipc://{tmp_path}/stage0",
+         "--results", f"ipc://{tmp_path}/results", "--zmq", f"ipc://{tmp_path}/native",
+         "--http", f"127.0.0.1:{port}"],
+    ]
+    processes = [subprocess.Popen([sys.executable, "-m", "splitdnn", *command],
+                                  stderr=subprocess.DEVNULL) for command in commands]
+    try:
+        deadline = time.monotonic() + 60
+        while http_get(f"http://127.0.0.1:{port}/v2/health/ready")[0] != 200:
+            assert time.monotonic() < deadline, "gateway never ready"
+            time.sleep(0.1)
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        for url in (f"http://127.0.0.1:{port}", f"ipc://{tmp_path}/native"):
+            with Client(url) as client:
+                np.testing.assert_allclose(client.infer(x), reference(x), rtol=1e-6)
+        assert json.loads(http_get(f"http://127.0.0.1:{port}/v2/models/toy")[1])["name"] == "toy"
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+    assert [process.returncode for process in processes] == [0, 0]
