@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools test test-fast demo crds lint bench bench-runtime bench-sweep clean
+.PHONY: setup tools test test-fast demo crds lint bench bench-runtime bench-sweep bench-predict profiles clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,15 @@ bench-runtime: setup
 # Every torchvision classification model, one subprocess each (tens of minutes).
 bench-sweep: setup
 	$(BIN)/python bench/sweep_torchvision.py --write docs/benchmarks.md
+
+# CF vs Neurosurgeon-style latency prediction over the profile dataset; plot in docs/.
+bench-predict: setup
+	$(BIN)/python bench/bench_predict.py --profiles tests/data/profiles \
+		--plot docs/predict-error.png --write docs/benchmarks.md
+
+# Re-collect that dataset: 5 CPU classes (threads, cgroup CPU quotas; needs root), ~30 min.
+profiles: setup
+	$(BIN)/python bench/collect_profiles.py --raw out/profiles-raw --out tests/data/profiles
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from doc_section import load_average
 
@@ -98,16 +100,36 @@ def profile_command(
 
 
 def merge(raw: Path, out: Path) -> None:
+    """One compact file per class; its meta records how repeatable the measurements were."""
     from splitdnn.profiling import Profile, merge_profiles
 
     out.mkdir(parents=True, exist_ok=True)
     for directory in sorted(path for path in raw.iterdir() if path.is_dir()):
         profiles = [Profile.load(path) for path in sorted(directory.glob("*.json"))]
-        if profiles:
-            merged = merge_profiles(profiles)
-            merged.save(out / f"{merged.hardware_class}.json")
-            print(f"{merged.hardware_class}: {len(merged.entries)} signatures from "
-                  f"{len(profiles)} models -> {out / (merged.hardware_class + '.json')}")
+        if not profiles:
+            continue
+        merged = merge_profiles(profiles)
+        merged.meta.update(repeatability(profiles, merged))
+        loads = [value for profile in profiles
+                 for value in (profile.meta.get("load_average") or {}).values() if value]
+        merged.meta["load_average_1min"] = [min(load[0] for load in loads),
+                                            max(load[0] for load in loads)] if loads else None
+        for entry in merged.entries.values():
+            entry.models = []
+        target = out / f"{merged.hardware_class}.json"
+        merged.save(target, compact=True)
+        print(f"{merged.hardware_class}: {len(merged.entries)} signatures from "
+              f"{len(profiles)} models -> {target} ({target.stat().st_size // 1024} KB); "
+              f"repeat noise {merged.meta['repeat_noise_pct']}")
+
+
+def repeatability(profiles: list[Any], merged: Any) -> dict[str, Any]:
+    """Median deviation of a signature measured in several models from their merged value."""
+    deviations = [abs(entry.latency_ms / merged.entries[key].latency_ms - 1)
+                  for profile in profiles for key, entry in profile.entries.items()
+                  if merged.entries[key].samples > entry.samples]
+    return {"repeat_noise_pct": round(100 * statistics.median(deviations), 1)
+            if deviations else None, "repeat_measurements": len(deviations)}
 
 
 def main() -> None:

@@ -74,12 +74,13 @@ class Profile:
             data["meta"] = self.meta
         return data
 
-    def save(self, path: Path) -> None:
-        """Write atomically (a reader never sees half a file)."""
+    def save(self, path: Path, compact: bool = False) -> None:
+        """Write atomically (a reader never sees half a file); ``compact``: one line."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp",
                                          delete=False) as handle:
-            json.dump(self.to_dict(), handle, indent=1)
+            json.dump(self.to_dict(), handle, indent=None if compact else 1,
+                      separators=(",", ":") if compact else None)
             handle.write("\n")
         os.replace(handle.name, path)
 
@@ -161,6 +162,8 @@ def merge_profiles(profiles: Iterable[Profile]) -> Profile:
     for profile in profiles:
         for key, entry in profile.entries.items():
             grouped.setdefault(key, []).append(entry)
+    if len(profiles) == 1:
+        return profiles[0]
     latest = max(profiles, key=lambda profile: profile.created)
     models = sorted({model for profile in profiles for model in profile.meta.get("models", [])})
     return Profile(
