@@ -150,6 +150,7 @@ def test_without_root_nodes_fall_back_to_loopback(tmp_path: Path,
     layout = isolation.setup(load_config(None), "unit00", tmp_path / "isolation.json")
     assert not layout.network_isolated and not layout.cgroups
     assert any("not running as root" in w for w in layout.warnings)
-    assert layout.node_subnet_base(0).startswith("127.")
-    assert isolation.launch_prefix(layout, "jetson-0") == []
+    assert layout.pod_subnet_base(0).startswith("127.")
+    assert layout.pod_netns(0, "127.201.1.5") is None
+    assert isolation.launch_prefix(layout, "jetson-0", None) == []
     isolation.teardown(layout)

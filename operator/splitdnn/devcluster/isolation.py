@@ -1,17 +1,24 @@
-"""Per-node OS isolation: a network namespace with its own addresses, shaped links, CPU quota.
+"""Per-node OS isolation: network namespaces, shaped links, CPU quotas.
 
-As root, each node gets a network namespace ``sdn-<cluster>-<node>`` whose ``eth0`` is one
-end of a veth pair; the other ends join a bridge ``sdb<cluster>`` in the host namespace that
-holds the gateway address (pods reach the API server there). Addresses come from a free
-``10.X.0.0/16``: node *i* owns ``10.X.(i+1).0/24`` and each pod gets one address from it,
-added to the node's ``eth0``. A configured link shapes each direction at the sender's
-``eth0`` with an HTB class (rate) and a netem qdisc (delay; a kernel without ``sch_netem``
-gets the rate only, with a warning) selected by destination subnet.
-CPU is limited per node with a cgroup-v1 ``cpu.cfs_quota_us``. Everything created is
-recorded in the state dir so that ``teardown`` can remove it even after a crash.
+As root, each node is a network namespace ``sdn-<cluster>-<node>`` acting as a router, and
+each pod gets its own namespace ``sdp-<cluster>-<node index>-<k>`` behind it (so pods on one
+node have their own IPs and ports, as in Kubernetes):
+
+    pod eth0 (10.X.(i+1).k) -- veth -- node br0 (10.X.(i+1).1)
+    node eth0 (10.X.0.(10+i)) -- veth -- host bridge sdb<cluster> (10.X.0.1/24)
+
+Node *i* routes the other nodes' pod subnets ``10.X.(j+1).0/24`` straight to their uplinks
+over the host bridge (layer 2: the host does not forward), and the host has routes to every
+pod subnet (probes, clients, the API server at 10.X.0.1). A configured link shapes each
+direction at the sending node's ``eth0`` with an HTB class (rate) and a netem qdisc (delay;
+a kernel without ``sch_netem`` gets the rate only, with a warning) chosen by destination
+subnet. CPU is limited per node with a cgroup-v1 ``cpu.cfs_quota_us`` shared by its pods.
+Everything created is recorded in the state dir so that ``teardown`` removes it even after a
+crash. ``X`` is the first free ``10.X.0.0/16`` on the machine.
 
 Without root (or where a step fails) nodes fall back to loopback addresses ``127.X.(i+1).k``
-in the host namespace, without bandwidth, delay or CPU limits; the reason is reported.
+in the host namespace, without bandwidth, delay or CPU limits; the reason is reported, and
+pods on one node then share its ports unless they bind their own pod IP.
 """
 
 from __future__ import annotations
@@ -45,18 +52,31 @@ class Layout:
     cgroups: dict[str, str] = field(default_factory=dict)   # node -> cgroup dir
     cgroup_root: str | None = None
     warnings: list[str] = field(default_factory=list)
+    isolated: bool = False
 
     @property
     def network_isolated(self) -> bool:
-        return bool(self.netns)
+        return self.isolated
 
     @property
     def gateway_ip(self) -> str:
         return f"10.{self.second_octet}.0.1" if self.network_isolated else "127.0.0.1"
 
-    def node_subnet_base(self, index: int) -> str:
+    def pod_subnet_base(self, index: int) -> str:
+        """The first three octets of node ``index``'s pod addresses."""
         prefix = "10" if self.network_isolated else "127"
         return f"{prefix}.{self.second_octet}.{index + 1}"
+
+    def node_ip(self, index: int) -> str:
+        if self.network_isolated:
+            return f"10.{self.second_octet}.0.{10 + index}"
+        return f"{self.pod_subnet_base(index)}.1"
+
+    def pod_netns(self, index: int, ip: str) -> str | None:
+        """The namespace of the pod with address ``ip`` on node ``index`` (None: loopback)."""
+        if not self.network_isolated:
+            return None
+        return f"sdp-{self.cluster_id}-{index}-{ip.rsplit('.', 1)[1]}"
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -133,11 +153,11 @@ def setup(config: ClusterConfig, cluster_id: str, record: Path) -> Layout:
 
 
 def _setup_network(config: ClusterConfig, layout: Layout, record: Path) -> None:
-    cid, octet = layout.cluster_id, layout.second_octet
-    layout.bridge = f"sdb{cid}"
+    cid = layout.cluster_id
+    layout.bridge, layout.isolated = f"sdb{cid}", True
     layout.save(record)
     _run("ip", "link", "add", layout.bridge, "type", "bridge")
-    _run("ip", "addr", "add", f"10.{octet}.0.1/16", "dev", layout.bridge)
+    _run("ip", "addr", "add", f"{layout.gateway_ip}/24", "dev", layout.bridge)
     _run("ip", "link", "set", layout.bridge, "up")
     for index, node in enumerate(config.nodes):
         netns, host_end = f"sdn-{cid}-{node.name}", f"sdv{cid}{index}"
@@ -148,12 +168,24 @@ def _setup_network(config: ClusterConfig, layout: Layout, record: Path) -> None:
         _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0",
              "netns", netns)
         _run("ip", "link", "set", host_end, "master", layout.bridge, "up")
-        _run("ip", "-n", netns, "addr", "add", f"{layout.node_subnet_base(index)}.1/16",
-             "dev", "eth0")
-        _run("ip", "-n", netns, "link", "set", "eth0", "up")
-        _run("ip", "-n", netns, "link", "set", "lo", "up")
-        _run("ip", "-n", netns, "route", "add", "default", "via", layout.gateway_ip)
+        _run("ip", "-n", netns, "addr", "add", f"{layout.node_ip(index)}/24", "dev", "eth0")
+        for link in ("eth0", "lo"):
+            _run("ip", "-n", netns, "link", "set", link, "up")
+        _run("ip", "-n", netns, "link", "add", "br0", "type", "bridge")
+        _run("ip", "-n", netns, "addr", "add", f"{layout.pod_subnet_base(index)}.1/24",
+             "dev", "br0")
+        _run("ip", "-n", netns, "link", "set", "br0", "up")
+        _run("ip", "-n", netns, "route", "add", "default", "via", layout.gateway_ip, "dev", "eth0",
+             "onlink")
+        _run("ip", "netns", "exec", netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        _run("ip", "route", "add", f"{layout.pod_subnet_base(index)}.0/24", "via",
+             layout.node_ip(index), "dev", layout.bridge, "onlink")
     for index, node in enumerate(config.nodes):
+        for peer in range(len(config.nodes)):
+            if peer != index:
+                _run("ip", "-n", layout.netns[node.name], "route", "add",
+                     f"{layout.pod_subnet_base(peer)}.0/24", "via", layout.node_ip(peer),
+                     "dev", "eth0", "onlink")
         _shape(config, layout, index, node.name)
 
 
@@ -181,10 +213,10 @@ def _shape(config: ClusterConfig, layout: Layout, index: int, name: str) -> None
             warning = f"link delays not emulated: no netem qdisc here ({_last_line(exc)})"
             if link.delay_ms and warning not in layout.warnings:
                 layout.warnings.append(warning)
-        _run(*tc, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1",
-             "u32", "match", "ip", "dst", f"{layout.node_subnet_base(peer_index)}.0/24",
-             "flowid", f"1:{classid}")
-    _quiet("ip", "netns", "exec", netns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off")
+        for dst in (f"{layout.pod_subnet_base(peer_index)}.0/24",
+                    f"{layout.node_ip(peer_index)}/32"):
+            _run(*tc, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio",
+                 "1", "u32", "match", "ip", "dst", dst, "flowid", f"1:{classid}")
 
 
 def _setup_cgroups(config: ClusterConfig, layout: Layout) -> None:
@@ -203,24 +235,39 @@ def _setup_cgroups(config: ClusterConfig, layout: Layout) -> None:
         layout.cgroups[node.name] = str(path)
 
 
-def launch_prefix(layout: Layout, node: str) -> list[str]:
-    """argv prefix that runs a command inside the node's namespace and cgroup."""
+def launch_prefix(layout: Layout, node: str, pod_netns: str | None) -> list[str]:
+    """argv prefix that runs a command inside the pod's namespace and its node's cgroup."""
     prefix: list[str] = []
     if node in layout.cgroups:  # first: `ip netns exec` remounts /sys without the cgroups
         prefix += ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', layout.cgroups[node]]
-    if node in layout.netns:
-        prefix += ["ip", "netns", "exec", layout.netns[node]]
+    if pod_netns is not None:
+        prefix += ["ip", "netns", "exec", pod_netns]
     return prefix
 
 
-def add_address(layout: Layout, node: str, ip: str) -> None:
-    if node in layout.netns:
-        _quiet("ip", "-n", layout.netns[node], "addr", "add", f"{ip}/16", "dev", "eth0")
+def add_pod(layout: Layout, node: str, index: int, ip: str) -> str | None:
+    """Create the pod's namespace wired to its node's bridge; returns its name."""
+    pod_netns = layout.pod_netns(index, ip)
+    if pod_netns is None:
+        return None
+    node_netns, veth = layout.netns[node], f"vp{ip.rsplit('.', 1)[1]}"
+    _quiet("ip", "netns", "delete", pod_netns)  # a leftover of a crashed pod
+    _run("ip", "netns", "add", pod_netns)
+    _quiet("ip", "-n", node_netns, "link", "delete", veth)
+    _run("ip", "-n", node_netns, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+         "netns", pod_netns)
+    _run("ip", "-n", node_netns, "link", "set", veth, "master", "br0", "up")
+    _run("ip", "-n", pod_netns, "addr", "add", f"{ip}/24", "dev", "eth0")
+    for link in ("eth0", "lo"):
+        _run("ip", "-n", pod_netns, "link", "set", link, "up")
+    _run("ip", "-n", pod_netns, "route", "add", "default", "via",
+         f"{layout.pod_subnet_base(index)}.1", "dev", "eth0", "onlink")
+    return pod_netns
 
 
-def remove_address(layout: Layout, node: str, ip: str) -> None:
-    if node in layout.netns and not ip.endswith(".1"):
-        _quiet("ip", "-n", layout.netns[node], "addr", "del", f"{ip}/16", "dev", "eth0")
+def remove_pod(pod_netns: str | None) -> None:
+    if pod_netns is not None:
+        _quiet("ip", "netns", "delete", pod_netns)
 
 
 def set_link(layout: Layout, node: str, up: bool) -> None:
@@ -241,6 +288,10 @@ def teardown(layout: Layout) -> None:
             pass
         except OSError as exc:
             log.warning("devcluster: could not remove cgroup %s: %s", cgroup, exc)
+    pods = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                          check=False).stdout.split()
+    for netns in [n for n in pods if n.startswith(f"sdp-{layout.cluster_id}-")]:
+        _quiet("ip", "netns", "delete", netns)
     for netns in layout.netns.values():
         _quiet("ip", "netns", "delete", netns)
     for veth in layout.host_veths:

@@ -60,6 +60,8 @@ class PodRun:
     node: str
     ip: str
     restart_policy: str
+    host_ip: str
+    netns: str | None = None
     containers: dict[str, Container] = field(default_factory=dict)
     start_time: str = field(default_factory=now_rfc3339)
     probe_task: asyncio.Task[None] | None = None
@@ -94,8 +96,7 @@ class Kubelet:
             "spec": {"taints": spec.taints} if spec.taints else {},
             "status": {
                 "capacity": capacity, "allocatable": capacity,
-                "addresses": [{"type": "InternalIP",
-                               "address": f"{self.layout.node_subnet_base(index)}.1"},
+                "addresses": [{"type": "InternalIP", "address": self.layout.node_ip(index)},
                               {"type": "Hostname", "address": spec.name}],
                 "nodeInfo": {"kernelVersion": spec.kernel_version, "osImage": spec.os_image,
                              "architecture": arch, "operatingSystem": "linux",
@@ -169,15 +170,16 @@ class Kubelet:
             await self._start_due(run, pod)
             self._write_status(run, pod)
         for uid in [u for u in self.runs if u not in seen]:
-            self._kill_run(self.runs.pop(uid), signal.SIGKILL)
+            self._kill_run(self.runs[uid], signal.SIGKILL)
+            self._finish(self.runs[uid])
 
     def _sync_down_pod(self, pod: Obj, node: str) -> None:
         """Pods on a down node lose Ready, and are evicted after podEvictionSeconds."""
         if time.monotonic() - self.down[node] >= self.config.pod_eviction_s or \
                 pod["metadata"].get("deletionTimestamp"):
-            self.runs.pop(pod["metadata"]["uid"], None)
-            self.store.graceful_deletion[("", "pods")] = lambda p: p["metadata"]["uid"] in \
-                self.runs
+            run = self.runs.get(pod["metadata"]["uid"])
+            if run is not None:
+                self._finish(run)
             ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
             if pod["metadata"].get("deletionTimestamp"):
                 self.store.remove_now(pods(self.store), ns, name)
@@ -197,18 +199,27 @@ class Kubelet:
     def _admit(self, pod: Obj) -> PodRun:
         node = pod["spec"]["nodeName"]
         index = [n.name for n in self.config.nodes].index(node)
-        ip = f"{self.layout.node_subnet_base(index)}.{self.next_ip[node]}"
-        self.next_ip[node] = self.next_ip[node] % 250 + 2
-        isolation.add_address(self.layout, node, ip)
+        ip = self._free_ip(node, index)
         policy = pod["spec"].get("restartPolicy", "Always")
         run = PodRun(uid=pod["metadata"]["uid"], namespace=pod["metadata"]["namespace"],
-                     name=pod["metadata"]["name"], node=node, ip=ip, restart_policy=policy)
+                     name=pod["metadata"]["name"], node=node, ip=ip, restart_policy=policy,
+                     host_ip=self.layout.node_ip(index))
+        run.netns = isolation.add_pod(self.layout, node, index, ip)
         for spec in pod["spec"].get("containers") or []:
             run.containers[spec["name"]] = Container(name=spec["name"], spec=spec)
         self.log_dir(run.namespace, run.name).mkdir(parents=True, exist_ok=True)
         self.runs[run.uid] = run
         run.probe_task = asyncio.get_running_loop().create_task(self._probe_loop(run))
         return run
+
+    def _free_ip(self, node: str, index: int) -> str:
+        used = {run.ip for run in self.runs.values()}
+        for _ in range(250):
+            ip = f"{self.layout.pod_subnet_base(index)}.{self.next_ip[node]}"
+            self.next_ip[node] = self.next_ip[node] % 250 + 2
+            if ip not in used:
+                return ip
+        raise RuntimeError(f"node {node} has no free pod address")
 
     def log_dir(self, namespace: str, pod: str) -> Path:
         return self.state_dir / "pods" / f"{namespace}_{pod}"
@@ -248,7 +259,7 @@ class Kubelet:
         log_path = self.log_dir(run.namespace, run.name) / f"{container.name}.log"
         with open(log_path, "ab") as log_file:
             container.process = await asyncio.create_subprocess_exec(
-                *isolation.launch_prefix(self.layout, run.node), *argv,
+                *isolation.launch_prefix(self.layout, run.node, run.netns), *argv,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
                 env=self._env(run, pod, container.spec), cwd=str(log_path.parent),
                 start_new_session=True)
@@ -273,7 +284,7 @@ class Kubelet:
     def _env(self, run: PodRun, pod: Obj, spec: dict[str, Any]) -> dict[str, str]:
         fields = {"metadata.name": run.name, "metadata.namespace": run.namespace,
                   "metadata.uid": run.uid, "spec.nodeName": run.node, "status.podIP": run.ip,
-                  "status.hostIP": run.ip.rsplit(".", 1)[0] + ".1",
+                  "status.hostIP": run.host_ip,
                   "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default")}
         bin_dir = str(Path(sys.executable).parent)
         env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -417,7 +428,7 @@ class Kubelet:
                                    else "ContainersNotReady")
         status: dict[str, Any] = {
             "phase": phase, "podIP": run.ip, "podIPs": [{"ip": run.ip}],
-            "hostIP": run.ip.rsplit(".", 1)[0] + ".1", "startTime": run.start_time,
+            "hostIP": run.host_ip, "startTime": run.start_time,
             "qosClass": "BestEffort", "containerStatuses": statuses,
             "conditions": [
                 condition("PodScheduled", True, "", "", previous),
@@ -436,7 +447,7 @@ class Kubelet:
         if run.probe_task is not None:
             run.probe_task.cancel()
         self.runs.pop(run.uid, None)
-        isolation.remove_address(self.layout, run.node, run.ip)
+        isolation.remove_pod(run.netns)
 
     # ---- stopping -------------------------------------------------------------------
     async def _stop_pod(self, run: PodRun, pod: Obj) -> None:
