@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from splitdnn.cli.common import JsonOpt, app, fail, human_bytes, stderr, stdout
+from splitdnn.cli.common import JsonOpt, app, fail, stderr, stdout
 from splitdnn.cli.graph import InputShapeOpt, ModelArg, WeightsOpt, load_graph, user_errors
 
 SIZES_DEFAULT = "1KB..64MB"
@@ -157,10 +157,18 @@ def _link_table(data: dict[str, Any], out: Path) -> Table:
         table.add_column(column, justify="right")
     linear_only = {"fits": {"linear": linear}}
     for size, rtt in zip(data["sizes_bytes"], data["rtt_ms"], strict=True):
-        table.add_row(human_bytes(size), f"{rtt:.3f}",
+        table.add_row(binary_size(size), f"{rtt:.3f}",
                       f"{predict_transfer_ms(data, size):.3f}" if polynomial else "-",
                       f"{predict_transfer_ms(linear_only, size):.3f}")
     return table
+
+
+def binary_size(size: int) -> str:
+    """``64 MB`` for 2**26 bytes: the units ``--sizes`` takes (KB = 1024 bytes)."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} B"
 
 
 ProfilesOpt = Annotated[
