@@ -85,7 +85,7 @@ def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     state_dir = tmp_path_factory.mktemp("devcluster")
     config = state_dir.parent / "devcluster-test.yaml"
     config.write_text(TEST_CONFIG)
-    state = start(state_dir, config)
+    state = start(state_dir, config, exit_with=os.getpid())  # no leftovers if pytest is killed
     state["stateDir"] = str(state_dir)
     try:
         yield state

@@ -52,7 +52,8 @@ def _phase(pod: Any) -> str:
 
 def _require_isolation(devcluster: dict[str, Any], what: str) -> None:
     if not devcluster[what]:
-        pytest.skip(f"no {what} on this machine: {devcluster['warnings']}")
+        pytest.skip("needs real isolation (root, ip, tc, cgroup v1): "
+                    + "; ".join(devcluster["warnings"]))
 
 
 def test_link_throughput_matches_configured_bandwidth(api: Api, devcluster: dict[str, Any],
@@ -133,7 +134,7 @@ def _machine_snapshot() -> dict[str, set[str]]:
 def test_up_then_down_leaves_the_machine_as_it_was(tmp_path: Path) -> None:
     state_dir = tmp_path / "cluster"
     before = _machine_snapshot()
-    state = start(state_dir)
+    state = start(state_dir, exit_with=os.getpid())
     try:
         api = Api(state["server"], state_dir)
         api.ok("POST", "/api/v1/namespaces/default/pods", _pod(

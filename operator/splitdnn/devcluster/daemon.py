@@ -33,6 +33,16 @@ log = logging.getLogger("splitdnn.devcluster")
 TICK_SECONDS = 0.5
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -69,8 +79,9 @@ def reconcile(store: Store, config: ClusterConfig) -> None:
 class Daemon:
     """Owns the loop, the HTTP sites and the isolation layout."""
 
-    def __init__(self, state_dir: Path, config: ClusterConfig) -> None:
-        self.state_dir, self.config = state_dir, config
+    def __init__(self, state_dir: Path, config: ClusterConfig,
+                 exit_with: int | None = None) -> None:
+        self.state_dir, self.config, self.exit_with = state_dir, config, exit_with
         self.cluster_id = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
@@ -124,6 +135,9 @@ class Daemon:
 
     async def _loop(self, store: Store, kubelet: Kubelet) -> None:
         while not self.stop.is_set():
+            if self.exit_with is not None and not _alive(self.exit_with):
+                log.warning("process %d is gone: shutting down", self.exit_with)
+                return
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), TICK_SECONDS)
             self.wake.clear()
@@ -141,9 +155,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--config", type=Path)
+    parser.add_argument("--exit-with", type=int, metavar="PID",
+                        help="shut down (and clean up) when this process is gone (tests)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    daemon = Daemon(args.state_dir, load_config(args.config))
+    daemon = Daemon(args.state_dir, load_config(args.config), args.exit_with)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -59,8 +59,11 @@ def running(state_dir: Path) -> dict[str, Any] | None:
     return state if state is not None and _alive(int(state["pid"])) else None
 
 
-def start(state_dir: Path, config: Path | None = None) -> dict[str, Any]:
-    """Start the daemon in the background and wait until it serves; returns state.json."""
+def start(state_dir: Path, config: Path | None = None,
+          exit_with: int | None = None) -> dict[str, Any]:
+    """Start the daemon in the background and wait until it serves; returns state.json.
+    With ``exit_with`` (a pid) the daemon shuts down and cleans up when that process is
+    gone, even if it was killed before it could call ``stop`` (tests use their own pid)."""
     load_config(config)  # a bad config fails here, in the caller, with the field named
     if running(state_dir):
         raise DevclusterError(f"a devcluster already runs from {state_dir}; "
@@ -70,6 +73,8 @@ def start(state_dir: Path, config: Path | None = None) -> dict[str, Any]:
     argv = [sys.executable, "-m", "splitdnn.devcluster.daemon", "--state-dir", str(state_dir)]
     if config is not None:
         argv += ["--config", str(config.resolve())]
+    if exit_with is not None:
+        argv += ["--exit-with", str(exit_with)]
     with open(state_dir / "daemon.log", "ab") as log:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)
