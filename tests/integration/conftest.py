@@ -42,6 +42,8 @@ nodes:
   - {name: v100-0, class: v100-server}
 links:
   - {between: [jetson-0, v100-0], bandwidthMbit: 40, delayMs: 1}
+images:
+  - {match: "*splitdnn*", entrypoint: [splitdnn], cmd: [--help]}
 kubelet: {restartBackoffSeconds: 0.2, podEvictionSeconds: 2}
 """
 

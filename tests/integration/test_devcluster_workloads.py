@@ -182,3 +182,21 @@ def test_readiness_probe_and_headless_service_endpoints(api: Api, namespace: str
 def _pod_dir(api: Api, namespace: str, pod: str) -> Path:
     """A pod's working directory (where the kubelet runs its containers)."""
     return api.state_dir / "pods" / f"{namespace}_{pod}"
+
+
+def test_image_entrypoint_from_config_and_args(api: Api, namespace: str) -> None:
+    base = f"/api/v1/namespaces/{namespace}/pods"
+    image = "ghcr.io/splitdnn/runtime-cuda:0.1.0"
+    for name, container in (("entrypoint", {"args": ["devcluster", "--help"]}),
+                            ("no-entrypoint", {"image": "busybox"})):
+        api.ok("POST", base, {"metadata": {"name": name}, "spec": {
+            "restartPolicy": "Never", "containers": [{"name": "main", "image": image,
+                                                      **container}]}})
+    done = api.wait_for(f"{base}/entrypoint", lambda p: (p.get("status") or {}).get("phase")
+                        == "Succeeded", timeout=30, what="`splitdnn devcluster --help`")
+    assert done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert "node-down" in api.request("GET", f"{base}/entrypoint/log").text
+    failed = api.wait_for(f"{base}/no-entrypoint", lambda p: (p.get("status") or {}).get(
+        "phase") == "Failed")
+    terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert "busybox" in terminated["message"] and "set command" in terminated["message"]

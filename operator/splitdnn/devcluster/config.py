@@ -1,4 +1,4 @@
-"""The devcluster configuration: node classes, nodes, links and kubelet timings.
+"""The devcluster configuration: node classes, nodes, links, images and kubelet timings.
 
 A YAML file (``splitdnn devcluster up --config FILE``; the default ships as package data,
 ``default.yaml``). Errors name the offending field, e.g. ``links[0].bandwidthMbit``.
@@ -43,11 +43,21 @@ class LinkSpec:
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """What an image would run: its ENTRYPOINT and CMD, for images matching a pattern."""
+
+    match: str
+    entrypoint: list[str]
+    cmd: list[str]
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """The whole cluster."""
 
     nodes: list[NodeSpec]
     links: list[LinkSpec]
+    images: list[ImageSpec] = field(default_factory=list)
     restart_backoff_s: float = 0.5
     pod_eviction_s: float = 20.0
     source: str = field(default="default")
@@ -98,8 +108,10 @@ def parse_config(raw: Any, source: str = "config") -> ClusterConfig:
     links = [_link(entry, names, f"links[{i}]")
              for i, entry in enumerate(_require(raw.get("links", []), list, "links"))]
     kubelet = _require(raw.get("kubelet", {}), dict, "kubelet")
+    images = [_image(entry, f"images[{i}]")
+              for i, entry in enumerate(_require(raw.get("images", []), list, "images"))]
     return ClusterConfig(
-        nodes=nodes, links=links, source=source,
+        nodes=nodes, links=links, images=images, source=source,
         restart_backoff_s=_number(kubelet.get("restartBackoffSeconds", 0.5),
                                   "kubelet.restartBackoffSeconds"),
         pod_eviction_s=_number(kubelet.get("podEvictionSeconds", 20),
@@ -129,6 +141,20 @@ def _node(entry: Any, classes: dict[str, Any], where: str) -> NodeSpec:
         os_image=str(merged.get("osImage", "splitdnn devcluster")),
         cpu_quota=None if quota is None else _number(quota, f"{where}.cpuQuota", 0.01),
     )
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    items = _require(value, list, where)
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"{where}: expected a list of strings, got {items!r}")
+    return list(items)
+
+
+def _image(entry: Any, where: str) -> ImageSpec:
+    entry = _require(entry, dict, where)
+    return ImageSpec(match=_require(entry.get("match"), str, f"{where}.match"),
+                     entrypoint=_strings(entry.get("entrypoint", []), f"{where}.entrypoint"),
+                     cmd=_strings(entry.get("cmd", []), f"{where}.cmd"))
 
 
 def _link(entry: Any, names: list[str], where: str) -> LinkSpec:

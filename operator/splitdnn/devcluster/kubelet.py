@@ -1,8 +1,9 @@
 """The process kubelet: runs the pods bound to emulated nodes as local processes.
 
 A container's ``command`` + ``args`` run with its ``env`` (plus the downward-API fields the
-pod asks for) inside its node's network namespace and CPU cgroup; the image stands for the
-local Python environment (``python`` is the interpreter running the devcluster). Each pod
+pod asks for) inside its own network namespace and its node's CPU cgroup; the image stands
+for the local Python environment (``python`` and ``splitdnn`` are those of the interpreter
+running the devcluster), and the config's ``images`` give an image's ENTRYPOINT and CMD. Each pod
 gets its own IP on its node. Exits are restarted per ``restartPolicy`` with a doubling
 back-off (CrashLoopBackOff), HTTP/TCP readiness probes decide Ready, stdout/stderr go to a
 log file per container that ``kubectl logs`` reads. Pod status (phase, conditions, podIP,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import os
 import signal
 import sys
@@ -246,13 +248,14 @@ class Kubelet:
         return run.restart_policy == "OnFailure" and container.exit_code != 0
 
     async def _launch(self, run: PodRun, pod: Obj, container: Container) -> None:
-        argv = list(container.spec.get("command") or []) + list(container.spec.get("args") or [])
+        argv = self._argv(container.spec)
         container.exit_code = container.finished_at = None
         container.ready = False
         container.probe_ok = container.probe_failed = 0
         container.next_probe = None
         if not argv:
-            container.error = "the devcluster runs commands, not images: set command"
+            container.error = (f"image {container.spec.get('image')!r} has no entrypoint in "
+                               "the devcluster config: set command")
             container.exit_code, container.finished_at = 128, now_rfc3339()
             container.next_start = float("inf")
             return
@@ -280,6 +283,14 @@ class Kubelet:
         delay = self.config.restart_backoff_s * 2 ** min(container.restarts, 5)
         container.next_start = time.monotonic() + min(delay, 10.0)
         self.wake.set()
+
+    def _argv(self, spec: dict[str, Any]) -> list[str]:
+        """Kubernetes' rule: ``command`` replaces the image's ENTRYPOINT, ``args`` its CMD."""
+        image = next((i for i in self.config.images
+                      if fnmatch.fnmatch(str(spec.get("image", "")), i.match)), None)
+        command = spec.get("command") or (image.entrypoint if image else [])
+        args = spec.get("args") or ([] if spec.get("command") or image is None else image.cmd)
+        return [str(part) for part in [*command, *args]]
 
     def _env(self, run: PodRun, pod: Obj, spec: dict[str, Any]) -> dict[str, str]:
         fields = {"metadata.name": run.name, "metadata.namespace": run.namespace,
