@@ -400,3 +400,19 @@ def test_gateway_command_in_front_of_a_worker_command(tmp_path: Path) -> None:
         for process in processes:
             process.wait(30)
     assert [process.returncode for process in processes] == [0, 0]
+
+
+def test_next_stage_by_dns_name(tmp_path: Path) -> None:
+    """``dns+tcp://localhost:PORT``: the worker connects to what the name resolves to."""
+    port = free_port()
+    context: zmq.Context[Any] = zmq.Context()
+    downstream = context.socket(zmq.PULL)
+    downstream.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        for h in start_worker(tmp_path, next=[f"dns+tcp://localhost:{port}"]):
+            assert f"tcp://127.0.0.1:{port}" in h.worker.peers.endpoints
+            h.send(np.ones((1, 4), np.float32), "dns")
+            assert downstream.poll(5000)
+            assert decode(downstream.recv_multipart()).id == "dns"
+    finally:
+        context.destroy(linger=0)

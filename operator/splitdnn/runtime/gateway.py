@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splitdnn.runtime.metrics import RuntimeMetrics
 from splitdnn.runtime.oip import OipError, decode_infer_request, encode_infer_response
+from splitdnn.runtime.peers import PeerSet
 from splitdnn.runtime.wire import (
     DEFAULT_HWM,
     DEFAULT_MAX_BYTES,
@@ -100,8 +101,8 @@ class Gateway:
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self.to_first = self._socket(zmq.PUSH)
-        for endpoint in self.config.first:
-            self.to_first.connect(endpoint)
+        self.first_peers = PeerSet(self.to_first, self.config.first)
+        self.tasks.append(asyncio.create_task(self._refresh_peers()))
         self.results = self._socket(zmq.PULL)
         self.results.bind(self.config.results)
         self.tasks.append(asyncio.create_task(self._collect_results()))
@@ -130,6 +131,11 @@ class Gateway:
         if self.runner is not None:
             await self.runner.cleanup()
         self.context.destroy(linger=0)
+
+    async def _refresh_peers(self) -> None:
+        while self.first_peers.named:
+            await asyncio.sleep(self.first_peers.refresh_s)
+            self.first_peers.apply(await asyncio.to_thread(self.first_peers.resolve))
 
     def _socket(self, kind: int) -> zmq.asyncio.Socket:
         socket = self.context.socket(kind)

@@ -25,6 +25,7 @@ import zmq
 
 from splitdnn.runtime.engine import BlockEngine, top_probability
 from splitdnn.runtime.metrics import RuntimeMetrics, serve_metrics
+from splitdnn.runtime.peers import PeerSet
 from splitdnn.runtime.wire import (
     DEFAULT_HWM,
     DEFAULT_MAX_BYTES,
@@ -80,9 +81,7 @@ class Worker:
         self.inbox = self._socket(zmq.PULL)
         self.inbox.bind(config.listen)
         self.outbox = self._socket(zmq.PUSH) if config.next else None
-        for endpoint in config.next:
-            assert self.outbox is not None
-            self.outbox.connect(endpoint)
+        self.peers = PeerSet(self.outbox, config.next) if self.outbox is not None else None
         self.reply_sockets: OrderedDict[str, zmq.Socket[Any]] = OrderedDict()
         self.label = config.stage
         self.stopped_at = float("inf")
@@ -109,6 +108,8 @@ class Worker:
         poller.register(self.inbox, zmq.POLLIN)
         drain_until: float | None = None
         while True:
+            if self.peers is not None:
+                self.peers.refresh()
             if self.stopping.is_set() and drain_until is None:
                 drain_until = time.monotonic() + self.config.drain_s
                 self.ready.clear()
