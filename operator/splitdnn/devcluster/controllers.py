@@ -79,9 +79,27 @@ def condition(kind: str, status: bool, reason: str, message: str = "",
     text = "True" if status else "False"
     for old in previous or []:
         if old.get("type") == kind and old.get("status") == text and old.get("reason") == reason:
-            return old
+            return old if old.get("message", "") == message else dict(old, message=message)
     return {"type": kind, "status": text, "reason": reason, "message": message,
             "lastTransitionTime": now_rfc3339(), "lastUpdateTime": now_rfc3339()}
+
+
+def record_event(store: Store, obj: Obj, reason: str, message: str, component: str,
+                 warning: bool = False) -> None:
+    """A core/v1 Event about ``obj`` (what ``kubectl describe`` lists)."""
+    meta = obj["metadata"]
+    namespace = meta.get("namespace") or "default"
+    now = now_rfc3339()
+    store.create(store.type_for("", "v1", "events"), namespace, {
+        "metadata": {"name": f"{meta['name']}.{random_suffix(10)}"},
+        "involvedObject": {"kind": obj.get("kind"), "apiVersion": obj.get("apiVersion"),
+                           "name": meta["name"], "namespace": meta.get("namespace", ""),
+                           "uid": meta.get("uid"), "resourceVersion": meta.get(
+                               "resourceVersion")},
+        "reason": reason, "message": message, "type": "Warning" if warning else "Normal",
+        "source": {"component": component}, "reportingComponent": component,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    })
 
 
 def _new_pod(store: Store, owner: Obj, template: dict[str, Any], name: str,
@@ -98,6 +116,9 @@ def _new_pod(store: Store, owner: Obj, template: dict[str, Any], name: str,
     except ApiError as exc:
         if exc.code != 409:
             raise
+        return
+    controller = "job-controller" if owner.get("kind") == "Job" else "replicaset-controller"
+    record_event(store, owner, "SuccessfulCreate", f"Created pod: {name}", controller)
 
 
 # ---- ReplicaSets ------------------------------------------------------------------------
@@ -173,7 +194,7 @@ def reconcile_deployment(store: Store, deploy: Obj) -> None:
         target_new = max(new_count, min(replicas, replicas + surge - old_total))
         target_new = min(target_new, replicas)
     if target_new != new_count:
-        _scale(store, rs_type, new_rs, target_new)
+        _scale(store, rs_type, new_rs, target_new, deploy)
     new_ready = int(((new_rs.get("status") or {}).get("readyReplicas")) or 0)
     old_ready = sum(int((rs.get("status") or {}).get("readyReplicas") or 0) for rs in old_rs)
     can_remove = max(0, old_ready + new_ready - (replicas - unavailable))
@@ -184,7 +205,7 @@ def reconcile_deployment(store: Store, deploy: Obj) -> None:
         current = int((rs.get("spec") or {}).get("replicas", 0))
         cut = min(current, can_remove)
         if cut:
-            _scale(store, rs_type, rs, current - cut)
+            _scale(store, rs_type, rs, current - cut, deploy)
             can_remove -= cut
     _deployment_status(store, deploy, replicas, unavailable)
 
@@ -205,9 +226,13 @@ def _create_rs(store: Store, deploy: Obj, template: dict[str, Any], thash: str) 
         return store.get(rs_type, deploy["metadata"]["namespace"], body["metadata"]["name"])
 
 
-def _scale(store: Store, rs_type: Any, rs: Obj, replicas: int) -> None:
+def _scale(store: Store, rs_type: Any, rs: Obj, replicas: int, deploy: Obj) -> None:
+    current = int((rs.get("spec") or {}).get("replicas", 0))
     store.patch(rs_type, rs["metadata"]["namespace"], rs["metadata"]["name"], MERGE,
                 {"spec": {"replicas": replicas}})
+    verb = "up" if replicas > current else "down"
+    record_event(store, deploy, "ScalingReplicaSet", f"Scaled {verb} replica set "
+                 f"{rs['metadata']['name']} from {current} to {replicas}", "deployment-controller")
 
 
 def _deployment_status(store: Store, deploy: Obj, replicas: int, unavailable: int) -> None:
@@ -454,14 +479,20 @@ def schedule(store: Store, pod: Obj) -> None:
         load = {n["metadata"]["name"]: sum(1 for p in bound if p["spec"]["nodeName"] ==
                                            n["metadata"]["name"]) for n in fits}
         best = max(fits, key=lambda n: (_preference(pod, n), -load[n["metadata"]["name"]]))
-        store.patch(pods(store), ns, name, MERGE, {"spec": {"nodeName": best["metadata"]["name"]}})
+        node_name = best["metadata"]["name"]
+        store.patch(pods(store), ns, name, MERGE, {"spec": {"nodeName": node_name}})
+        record_event(store, pod, "Scheduled", f"Successfully assigned {ns}/{name} to "
+                     f"{node_name}", "default-scheduler")
         return
     message = f"0/{len(nodes)} nodes are available: " + ", ".join(
         f"{count} {why}" for why, count in sorted(reasons.items())) + "."
     status = dict(pod.get("status") or {})
     status["phase"] = "Pending"
-    status["conditions"] = [condition("PodScheduled", False, "Unschedulable", message,
-                                      status.get("conditions"))]
+    previous = status.get("conditions")
+    status["conditions"] = [condition("PodScheduled", False, "Unschedulable", message, previous)]
+    if status["conditions"][0]["message"] != next(
+            (c.get("message") for c in previous or [] if c.get("type") == "PodScheduled"), None):
+        record_event(store, pod, "FailedScheduling", message, "default-scheduler", warning=True)
     set_status(store, pod, status)
 
 

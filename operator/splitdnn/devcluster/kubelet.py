@@ -28,7 +28,7 @@ import aiohttp
 
 from splitdnn.devcluster import isolation
 from splitdnn.devcluster.config import ClusterConfig, NodeSpec
-from splitdnn.devcluster.controllers import condition, pods, set_status
+from splitdnn.devcluster.controllers import condition, pods, record_event, set_status
 from splitdnn.devcluster.store import Obj, Store, now_rfc3339
 
 
@@ -138,6 +138,9 @@ class Kubelet:
         self.store.patch(node_type, "", name, "application/merge-patch+json",
                          {"spec": {"taints": taints or None}})
         node = self.store.get(node_type, "", name)
+        record_event(self.store, node, "NodeReady" if up else "NodeNotReady",
+                     f"Node {name} status is now: {'NodeReady' if up else 'NodeNotReady'}",
+                     "node-controller", warning=not up)
         status = dict(node["status"])
         status["conditions"] = [self._ready_condition(up, status.get("conditions"))]
         set_status(self.store, node, status)
@@ -267,6 +270,8 @@ class Kubelet:
                 env=self._env(run, pod, container.spec), cwd=str(log_path.parent),
                 start_new_session=True)
         container.started_at = now_rfc3339()
+        record_event(self.store, pod, "Started", f"Started container {container.name}",
+                     "kubelet")
         pid_file = self.state_dir / "pids" / str(container.process.pid)
         pid_file.write_text(f"{run.namespace}/{run.name}/{container.name}\n")
         asyncio.get_running_loop().create_task(self._wait(run, container, pid_file))
@@ -463,6 +468,8 @@ class Kubelet:
     # ---- stopping -------------------------------------------------------------------
     async def _stop_pod(self, run: PodRun, pod: Obj) -> None:
         grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 30)
+        for name in run.containers:
+            record_event(self.store, pod, "Killing", f"Stopping container {name}", "kubelet")
         self._kill_run(run, signal.SIGTERM)
         deadline = time.monotonic() + min(grace, 10.0)
         while time.monotonic() < deadline and any(

@@ -81,6 +81,11 @@ def _columns(rt: ResourceType) -> list[tuple[str, Any]]:
         return [("Status", _job_status),
                 ("Completions", lambda o: f"{json_path(o, '.status.succeeded') or 0}/"
                                           f"{json_path(o, '.spec.completions')}")]
+    if rt.kind == "Event":
+        return [("Type", lambda o: o.get("type")), ("Reason", lambda o: o.get("reason")),
+                ("Object", lambda o: f"{json_path(o, '.involvedObject.kind')}/"
+                                     f"{json_path(o, '.involvedObject.name')}".lower()),
+                ("Message", lambda o: o.get("message"))]
     if rt.kind == "Node":
         return [("Status", lambda o: "Ready" if json_path(
                     o, '.status.conditions[?(@.type=="Ready")].status') == "True" else "NotReady"),
