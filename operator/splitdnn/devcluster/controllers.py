@@ -18,6 +18,7 @@ import random
 import time
 from typing import Any
 
+from splitdnn.devcluster.resources import ResourceType
 from splitdnn.devcluster.selectors import expression_matches, labels_match_selector
 from splitdnn.devcluster.store import ApiError, Obj, Store, now_rfc3339
 
@@ -25,12 +26,12 @@ MERGE = "application/merge-patch+json"
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
 
-def _t(store: Store, group: str, plural: str) -> Any:
-    version = "v1"
-    return store.type_for(group, version, plural)
+def _t(store: Store, group: str, plural: str) -> ResourceType:
+    """Built-in types are all served at v1."""
+    return store.type_for(group, "v1", plural)
 
 
-def pods(store: Store) -> Any:
+def pods(store: Store) -> ResourceType:
     return _t(store, "", "pods")
 
 
@@ -226,7 +227,7 @@ def _create_rs(store: Store, deploy: Obj, template: dict[str, Any], thash: str) 
         return store.get(rs_type, deploy["metadata"]["namespace"], body["metadata"]["name"])
 
 
-def _scale(store: Store, rs_type: Any, rs: Obj, replicas: int, deploy: Obj) -> None:
+def _scale(store: Store, rs_type: ResourceType, rs: Obj, replicas: int, deploy: Obj) -> None:
     current = int((rs.get("spec") or {}).get("replicas", 0))
     store.patch(rs_type, rs["metadata"]["namespace"], rs["metadata"]["name"], MERGE,
                 {"spec": {"replicas": replicas}})
@@ -389,7 +390,7 @@ def _endpoint_port(port: dict[str, Any], pod: Obj | None) -> dict[str, Any]:
     return result
 
 
-def _put(store: Store, rt: Any, ns: str, body: Obj) -> None:
+def _put(store: Store, rt: ResourceType, ns: str, body: Obj) -> None:
     existing = store.find(rt, ns, body["metadata"]["name"])
     if existing is None:
         store.create(rt, ns, body)

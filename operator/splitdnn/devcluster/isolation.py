@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 CFS_PERIOD_US = 100_000
 DISABLE_ENV = "SPLITDNN_DEVCLUSTER_NO_ISOLATION"  # set: loopback nodes, no limits
+NETWORK_ATTEMPTS = 3
 
 
 @dataclass
@@ -133,13 +134,15 @@ def setup(config: ClusterConfig, cluster_id: str, record: Path) -> Layout:
     """Create namespaces, links and cgroups (or fall back); ``record`` is written as it goes."""
     layout = Layout(cluster_id=cluster_id, second_octet=_free_octet())
     problem = isolation_problem()
-    if problem is None:
+    for attempt in range(NETWORK_ATTEMPTS if problem is None else 0):
         try:
             _setup_network(config, layout, record)
-        except OSError as exc:
+            break
+        except OSError as exc:  # another cluster may have taken the subnet meanwhile
             teardown(layout)
-            layout = Layout(cluster_id=cluster_id, second_octet=layout.second_octet)
-            problem = f"network namespaces failed ({exc})"
+            layout = Layout(cluster_id=cluster_id, second_octet=_free_octet())
+            if attempt == NETWORK_ATTEMPTS - 1:
+                problem = f"network namespaces failed ({exc})"
     if problem is not None:
         layout.warnings.append(f"no network isolation: {problem}; nodes use loopback "
                                "addresses without bandwidth or delay limits")
