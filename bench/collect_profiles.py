@@ -5,7 +5,10 @@ and 1 or 2 threads under a CFS CPU quota (25 % or 50 % of one core). Each quota 
 its ``splitdnn profile`` processes inside its own cgroup (v1 ``cpu.cfs_quota_us`` or v2
 ``cpu.max``, whichever this machine has; creating one needs root). Models are the outer
 loop and classes the inner one, so that the load from other work on a shared machine
-spreads over all classes instead of biasing one.
+spreads over all classes instead of biasing one. For the same reason the latency is the
+*minimum* of the samples (the least-disturbed one) rather than the median: unthrottled
+classes time single runs, quota classes samples of at least ``--min-sample-ms`` (two CFS
+periods), so both measure the sustained speed of an otherwise idle node.
 
 Every model's profile goes to ``RAW/CLASS/MODEL.json``; the per-class merges (see
 ``splitdnn.profiling.merge_profiles``) go to ``OUT/CLASS.json``::
@@ -95,7 +98,8 @@ def profile_command(
         str(Path(sys.executable).with_name("splitdnn")), "profile", f"torchvision:{model}",
         "--out", str(out), "--hardware-class", hw.name, "--threads", str(hw.threads),
         "--sample-fraction", str(args.sample_fraction), "--repeats", str(args.repeats),
-        "--min-sample-ms", str(args.min_sample_ms), "--json",
+        "--min-sample-ms", str(args.min_sample_ms if hw.quota else 0.0),
+        "--statistic", args.statistic, "--json",
     ]
 
 
@@ -139,8 +143,10 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--classes", default=",".join(hw.name for hw in CLASSES))
     parser.add_argument("--sample-fraction", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--min-sample-ms", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--min-sample-ms", type=float, default=10.0,
+                        help="sample length for the quota classes (others time single runs)")
+    parser.add_argument("--statistic", default="min", choices=["median", "min"])
     parser.add_argument("--merge-only", action="store_true")
     args = parser.parse_args()
     if not args.merge_only:

@@ -241,7 +241,8 @@ def test_profile_command_writes_the_contract_and_rejects_bad_options(tmp_path: P
     assert data["runtime"]["provider"] == "cpu"
     assert len(data["entries"]) == len({sig.key for sig in model_signatures(
         analyse_model(model))})
-    bad = runner.invoke(app, ["profile", str(model), "--out", str(out),
-                              "--sample-fraction", "1.5"])
-    assert bad.exit_code == 2
-    assert "--sample-fraction" in bad.stderr
+    for option, value in (("--sample-fraction", "1.5"), ("--repeats", "0"),
+                          ("--statistic", "mean"), ("--provider", "tpu")):
+        bad = runner.invoke(app, ["profile", str(model), "--out", str(out), option, value])
+        assert bad.exit_code == 2
+        assert option in bad.stderr

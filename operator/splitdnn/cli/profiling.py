@@ -51,6 +51,10 @@ def profile(
         float, typer.Option("--min-sample-ms",
                             help="Each timed sample repeats the segment until it lasts this "
                                  "long (use a few CFS periods under a CPU quota)")] = 0.0,
+    statistic: Annotated[
+        str, typer.Option("--statistic",
+                          help="median of the samples, or min (least disturbed; for machines "
+                               "shared with other work)")] = "median",
     energy: Annotated[
         bool, typer.Option("--energy/--no-energy", help="Read an energy meter where one exists")
     ] = True,
@@ -71,7 +75,8 @@ def profile(
                 bar.update(task, completed=done, total=total, description=key[:48] or "done")
 
             result = profile_model(graph, sample_fraction, repeats, warmup, hardware_class,
-                                   provider, threads, seed, meter, advance, min_sample_ms)
+                                   provider, threads, seed, meter, advance, min_sample_ms,
+                                   statistic)
     result.save(out)
     if as_json:
         print(json.dumps(result.to_dict()))

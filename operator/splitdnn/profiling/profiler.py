@@ -41,6 +41,7 @@ from splitdnn.profiling.store import Profile, ProfileEntry, ProfileError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 Progress = Callable[[int, int, str], None]
+STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 
 
 def profile_model(
@@ -55,6 +56,7 @@ def profile_model(
     meter: EnergyMeter | None = None,
     on_progress: Progress | None = None,
     min_sample_ms: float = 0.0,
+    statistic: str = "median",
 ) -> Profile:
     """Profile a random ``sample_fraction`` of the model's distinct segment signatures.
 
@@ -66,9 +68,14 @@ def profile_model(
     Each of the ``repeats`` timed samples is one run, or, with ``min_sample_ms``, the mean of
     as many back-to-back runs as last that long: under a CFS CPU quota a single short run
     rarely meets the throttle, so only samples spanning several quota periods show the
-    sustained speed a quota allows.
+    sustained speed a quota allows. ``statistic`` turns the samples into the latency:
+    ``median`` (the default), or ``min``, the least-disturbed sample, for machines shared
+    with other work, where the median still carries the others' load.
     """
     _check_options(sample_fraction, repeats, warmup, provider, threads)
+    if statistic not in STATISTICS:
+        raise ProfileError(f"--statistic must be one of {', '.join(STATISTICS)}, "
+                           f"got {statistic!r}")
     signatures = model_signatures(graph)
     first_seen: dict[str, int] = {}
     for index, signature in enumerate(signatures):
@@ -88,7 +95,8 @@ def profile_model(
             runners[runner].sample()
     if on_progress is not None:
         on_progress(total, total, "")
-    entries = {key: runner.entry(signatures[first_seen[key]], graph.source, meter, repeats)
+    entries = {key: runner.entry(signatures[first_seen[key]], graph.source, meter, repeats,
+                                 STATISTICS[statistic])
                for key, runner in zip(chosen, runners, strict=True)}
     quota = cpu_quota()
     return Profile(
@@ -105,6 +113,7 @@ def profile_model(
             "repeats": repeats,
             "warmup": warmup,
             "min_sample_ms": min_sample_ms,
+            "statistic": statistic,
             "seed": seed,
             "load_average": {"before": load_before, "after": _load_average()},
         },
@@ -156,9 +165,9 @@ class _SegmentRunner:
         self.timings.append((time.perf_counter() - began) * 1000.0 / self.runs_per_sample)
 
     def entry(self, signature: SegmentSignature, source: str, meter: EnergyMeter | None,
-              repeats: int) -> ProfileEntry:
+              repeats: int, summary: Callable[[list[float]], float]) -> ProfileEntry:
         return ProfileEntry(
-            latency_ms=max(statistics.median(self.timings), 1e-6),
+            latency_ms=max(summary(self.timings), 1e-6),
             energy_mj=_energy_per_run(self.session, self.feed, meter, repeats),
             samples=len(self.timings),
             features=signature.features,
