@@ -154,3 +154,25 @@ def test_without_root_nodes_fall_back_to_loopback(tmp_path: Path,
     assert layout.pod_netns(0, "127.201.1.5") is None
     assert isolation.launch_prefix(layout, "jetson-0", None) == []
     isolation.teardown(layout)
+
+
+def test_server_side_apply_removes_what_the_manager_stopped_applying() -> None:
+    store = Store()
+    rt = store.type_for("apps", "v1", "deployments")
+    apply = "application/apply-patch+yaml"
+
+    def config(*env: str) -> dict[str, Any]:
+        container = {"name": "c", "image": "i", "env": [{"name": e, "value": "1"} for e in env]}
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+                    "metadata": {"labels": {"a": "b"}}, "spec": {"containers": [container]}}}}
+
+    store.patch(rt, "default", "d", apply, config("A", "B"), create_missing=True,
+                field_manager="op")
+    store.patch(rt, "default", "d", "application/merge-patch+json",
+                {"metadata": {"labels": {"someone": "else"}}})
+    result = store.patch(rt, "default", "d", apply, config("A"), field_manager="op")
+    env = result["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == [{"name": "A", "value": "1"}]
+    assert result["metadata"]["labels"] == {"someone": "else"}
+    assert result["metadata"]["generation"] == 2

@@ -187,7 +187,7 @@ class ApiServer:
             existed = store.find(rt, target.namespace, name) is not None
             obj = store.patch(rt, target.namespace, name, ctype, body, target.subresource,
                               dry_run, create_missing=ctype.startswith("application/apply-patch"),
-                              strict=strict)
+                              strict=strict, field_manager=query.get("fieldManager", ""))
             return self._out(request, rt, obj, 200 if existed else 201)
         if method == "DELETE":
             options = await _body(request, allow_empty=True)

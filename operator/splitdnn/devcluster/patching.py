@@ -3,8 +3,9 @@
 JSON merge patch (RFC 7386), JSON patch (RFC 6902, via ``jsonpatch``), strategic merge
 patch (lists of containers, env vars, ports, volumes, conditions merged by their key, with
 the ``$patch``, ``$setElementOrder``, ``$deleteFromPrimitiveList`` and ``$retainKeys``
-directives that kubectl sends) and server-side apply, which the emulator treats as a
-strategic merge of the applied configuration (no field ownership tracking).
+directives that kubectl sends) and server-side apply, approximated for one field manager:
+the applied configuration is merged strategically, and fields the same manager applied last
+time but no longer applies are removed (``with_removals``); no ownership conflicts.
 """
 
 from __future__ import annotations
@@ -161,3 +162,28 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any) -> dict[s
     if flavour in ("application/strategic-merge-patch+json", "application/apply-patch+yaml"):
         return strategic_merge_patch(target, patch) or {}
     raise PatchError(f"unsupported patch content type {flavour!r}")
+
+
+def with_removals(previous: Any, applied: Any, field: str = "") -> Any:
+    """``applied`` plus deletions of what ``previous`` had and ``applied`` dropped, as a
+    strategic merge patch (what apply does for the fields one manager owns)."""
+    if isinstance(previous, dict) and isinstance(applied, dict):
+        patch: dict[str, Any] = {}
+        for key, value in applied.items():
+            patch[key] = with_removals(previous.get(key), value, key) if key in previous \
+                else copy.deepcopy(value)
+        for key in previous:
+            if key not in applied:
+                patch[key] = None
+        return patch
+    if isinstance(previous, list) and isinstance(applied, list):
+        key = _merge_key(field, previous + applied)
+        if key is None:
+            return copy.deepcopy(applied)
+        before = {item.get(key): item for item in previous if isinstance(item, dict)}
+        items = [with_removals(before.get(item.get(key)), item, "") if isinstance(item, dict)
+                 else item for item in applied]
+        kept = {item.get(key) for item in applied if isinstance(item, dict)}
+        items += [{key: name, "$patch": "delete"} for name in before if name not in kept]
+        return items
+    return copy.deepcopy(applied)

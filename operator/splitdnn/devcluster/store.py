@@ -23,7 +23,7 @@ from typing import Any
 
 from splitdnn.api.errors import UNKNOWN_FIELD
 from splitdnn.api.validation import CrdValidator
-from splitdnn.devcluster.patching import PatchError, apply_patch
+from splitdnn.devcluster.patching import PatchError, apply_patch, with_removals
 from splitdnn.devcluster.resources import BUILTIN_TYPES, ResourceType
 
 Obj = dict[str, Any]
@@ -95,6 +95,8 @@ class Store:
         # Custom resources are pruned, defaulted and validated against their CRD's schema
         # (OpenAPI v3 + CEL rules), as the apiextensions-apiserver does.
         self.validators: dict[tuple[str, str, str], CrdValidator] = {}
+        # Server-side apply: the configuration each field manager applied last, per object.
+        self.applied: dict[tuple[str, str], Obj] = {}
         self._collecting = False
         for rt in BUILTIN_TYPES:
             self.register(rt)
@@ -227,15 +229,26 @@ class Store:
 
     def patch(self, rt: ResourceType, namespace: str, name: str, content_type: str,
               patch: Any, subresource: str | None = None, dry_run: bool = False,
-              create_missing: bool = False, strict: bool = False) -> Obj:
+              create_missing: bool = False, strict: bool = False,
+              field_manager: str = "") -> Obj:
         """PATCH with any of the four flavours; resourceVersion in the patch is a precondition."""
         old = self.find(rt, namespace, name)
+        applying = content_type.startswith("application/apply-patch")
         if old is None:
             if not create_missing:
                 raise not_found(rt, name)
             body = dict(patch)
             body.setdefault("metadata", {})["name"] = name
-            return self.create(rt, namespace, body, dry_run, strict)
+            created = self.create(rt, namespace, body, dry_run, strict)
+            if applying and not dry_run:
+                self.applied[(created["metadata"]["uid"], field_manager)] = patch
+            return created
+        if applying:
+            key = (old["metadata"]["uid"], field_manager)
+            previous = self.applied.get(key, {})
+            if not dry_run:
+                self.applied[key] = patch
+            patch = with_removals(previous, patch)
         try:
             patched = apply_patch(content_type, old, patch)
         except PatchError as exc:
