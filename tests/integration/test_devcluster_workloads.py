@@ -200,3 +200,18 @@ def test_image_entrypoint_from_config_and_args(api: Api, namespace: str) -> None
         "phase") == "Failed")
     terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
     assert "busybox" in terminated["message"] and "set command" in terminated["message"]
+
+
+def test_failing_liveness_probe_restarts_the_container(api: Api, namespace: str) -> None:
+    base = f"/api/v1/namespaces/{namespace}/pods"
+    api.ok("POST", base, {"metadata": {"name": "unhealthy"}, "spec": {"containers": [{
+        "name": "main", "image": PY, "command": [PY, "-c", "import time; time.sleep(600)"],
+        "livenessProbe": {"tcpSocket": {"port": 9}, "periodSeconds": 1,
+                          "failureThreshold": 2}}]}})
+    pod = api.wait_for(f"{base}/unhealthy", lambda p: any(
+        s["restartCount"] >= 1 for s in (p.get("status") or {}).get("containerStatuses") or []),
+                       what="a liveness restart")
+    assert pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 137
+    events = api.ok("GET", f"/api/v1/namespaces/{namespace}/events",
+                    fieldSelector="involvedObject.name=unhealthy")["items"]
+    assert any(e["reason"] == "Unhealthy" and e["type"] == "Warning" for e in events)

@@ -3,12 +3,12 @@
 A container's ``command`` + ``args`` run with its ``env`` (plus the downward-API fields the
 pod asks for) inside its own network namespace and its node's CPU cgroup; the image stands
 for the local Python environment (``python`` and ``splitdnn`` are those of the interpreter
-running the devcluster), and the config's ``images`` give an image's ENTRYPOINT and CMD. Each pod
-gets its own IP on its node. Exits are restarted per ``restartPolicy`` with a doubling
-back-off (CrashLoopBackOff), HTTP/TCP readiness probes decide Ready, stdout/stderr go to a
-log file per container that ``kubectl logs`` reads. Pod status (phase, conditions, podIP,
-container states, restart counts) is written through the status subresource.
-"""
+running the devcluster), and the config's ``images`` give an image's ENTRYPOINT and CMD.
+Exits are restarted per ``restartPolicy`` with a doubling back-off (CrashLoopBackOff).
+HTTP/TCP probes run as the kubelet runs them: startup gates the others, readiness decides
+Ready, liveness failures restart the container. stdout/stderr go to a log file per
+container that ``kubectl logs`` reads. Pod status (phase, conditions, podIP, container
+states, restart counts) is written through the status subresource."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ from splitdnn.devcluster.store import Obj, Store, now_rfc3339
 
 
 @dataclass
+class ProbeState:
+    """Consecutive results of one probe of one container, and when it runs next."""
+
+    ok: int = 0
+    failed: int = 0
+    next_at: float | None = None
+
+
+@dataclass
 class Container:
     """One container's process and history."""
 
@@ -46,9 +55,8 @@ class Container:
     last_terminated: dict[str, Any] | None = None
     next_start: float = 0.0
     ready: bool = False
-    probe_ok: int = 0
-    probe_failed: int = 0
-    next_probe: float | None = None
+    probes: dict[str, ProbeState] = field(default_factory=dict)
+    started_ok: bool = False
     error: str | None = None
 
 
@@ -254,8 +262,8 @@ class Kubelet:
         argv = self._argv(container.spec)
         container.exit_code = container.finished_at = None
         container.ready = False
-        container.probe_ok = container.probe_failed = 0
-        container.next_probe = None
+        container.probes = {}
+        container.started_ok = not container.spec.get("startupProbe")
         if not argv:
             container.error = (f"image {container.spec.get('image')!r} has no entrypoint in "
                                "the devcluster config: set command")
@@ -283,7 +291,9 @@ class Kubelet:
         pid_file.unlink(missing_ok=True)
         if container.process is not process:
             return
-        container.exit_code, container.finished_at = code, now_rfc3339()
+        # killed by a signal: the exit status a shell (and Kubernetes) reports, 128 + signal
+        container.exit_code = 128 - code if code < 0 else code
+        container.finished_at = now_rfc3339()
         container.ready = False
         delay = self.config.restart_backoff_s * 2 ** min(container.restarts, 5)
         container.next_start = time.monotonic() + min(delay, 10.0)
@@ -333,34 +343,63 @@ class Kubelet:
 
     async def _probe(self, session: aiohttp.ClientSession, run: PodRun,
                      container: Container) -> None:
-        running = container.process is not None and container.process.returncode is None
-        probe = container.spec.get("readinessProbe")
-        if not running:
+        """Startup gates the others; readiness decides Ready; liveness failures restart."""
+        if container.process is None or container.process.returncode is not None:
             return
-        if not probe:
-            if not container.ready:
-                container.ready = True
-                self.wake.set()
+        spec = container.spec
+        if not container.started_ok:
+            verdict = await self._run_probe(session, run, container, "startupProbe")
+            if verdict is True:
+                container.started_ok = True
+            elif verdict is False:
+                await self._unhealthy(run, container, "startup")
             return
-        now = time.monotonic()
-        if container.next_probe is None:
-            container.next_probe = now + float(probe.get("initialDelaySeconds", 0))
-        if now < container.next_probe:
+        verdict = await self._run_probe(session, run, container, "livenessProbe")
+        if verdict is False:
+            await self._unhealthy(run, container, "liveness")
             return
-        container.next_probe = now + float(probe.get("periodSeconds", 10))
-        ok = await self._check(session, run, probe)
-        if ok:
-            container.probe_ok, container.probe_failed = container.probe_ok + 1, 0
+        if not spec.get("readinessProbe"):
+            verdict = True
         else:
-            container.probe_failed, container.probe_ok = container.probe_failed + 1, 0
-        ready = container.ready
-        if ok and container.probe_ok >= int(probe.get("successThreshold", 1)):
-            ready = True
-        if not ok and container.probe_failed >= int(probe.get("failureThreshold", 3)):
-            ready = False
-        if ready != container.ready:
-            container.ready = ready
+            verdict = await self._run_probe(session, run, container, "readinessProbe")
+        if verdict is not None and verdict != container.ready:
+            container.ready = verdict
             self.wake.set()
+
+    async def _run_probe(self, session: aiohttp.ClientSession, run: PodRun,
+                         container: Container, kind: str) -> bool | None:
+        """Run a probe if it is due: True/False once a threshold is reached, else None."""
+        probe = container.spec.get(kind)
+        if not probe:
+            return None
+        state = container.probes.setdefault(kind, ProbeState())
+        now = time.monotonic()
+        if state.next_at is None:
+            state.next_at = now + float(probe.get("initialDelaySeconds", 0))
+        if now < state.next_at:
+            return None
+        state.next_at = now + float(probe.get("periodSeconds", 10))
+        if await self._check(session, run, probe):
+            state.ok, state.failed = state.ok + 1, 0
+        else:
+            state.failed, state.ok = state.failed + 1, 0
+        if state.ok >= int(probe.get("successThreshold", 1)):
+            return True
+        if state.failed >= int(probe.get("failureThreshold", 3)):
+            return False
+        return None
+
+    async def _unhealthy(self, run: PodRun, container: Container, kind: str) -> None:
+        pod = self.store.find(pods(self.store), run.namespace, run.name)
+        if pod is not None:
+            record_event(self.store, pod, "Unhealthy", f"{kind.capitalize()} probe failed; "
+                         f"container {container.name} will be restarted", "kubelet",
+                         warning=True)
+        container.ready = False
+        process = container.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     async def _check(self, session: aiohttp.ClientSession, run: PodRun,
                      probe: dict[str, Any]) -> bool:
