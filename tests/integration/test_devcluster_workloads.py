@@ -151,6 +151,9 @@ def test_readiness_probe_and_headless_service_endpoints(api: Api, namespace: str
     container["ports"] = [{"name": "http", "containerPort": 8080}]
     container["readinessProbe"] = {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1,
                                    "failureThreshold": 1}
+    container["startupProbe"] = {"exec": {"command": [PY, "-c", "import os; "
+                                                      "assert os.path.exists('ready')"]},
+                                 "periodSeconds": 1, "failureThreshold": 600}
     api.ok("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", body)
     api.ok("POST", f"/api/v1/namespaces/{namespace}/services", {
         "metadata": {"name": "web"}, "spec": {"clusterIP": "None", "selector": {"app": "web"},

@@ -5,7 +5,7 @@ pod asks for) inside its own network namespace and its node's CPU cgroup; the im
 for the local Python environment (``python`` and ``splitdnn`` are those of the interpreter
 running the devcluster), and the config's ``images`` give an image's ENTRYPOINT and CMD.
 Exits are restarted per ``restartPolicy`` with a doubling back-off (CrashLoopBackOff).
-HTTP/TCP probes run as the kubelet runs them: startup gates the others, readiness decides
+HTTP, TCP and exec probes run as the kubelet runs them: startup gates the others, readiness decides
 Ready, liveness failures restart the container. stdout/stderr go to a log file per
 container that ``kubectl logs`` reads. Pod status (phase, conditions, podIP, container
 states, restart counts) is written through the status subresource."""
@@ -421,7 +421,29 @@ class Kubelet:
                 return True
             except (OSError, asyncio.TimeoutError):
                 return False
+        if "exec" in probe:
+            return await self._exec_probe(run, list(probe["exec"].get("command") or []), timeout)
         return True
+
+    async def _exec_probe(self, run: PodRun, argv: list[str], timeout: float) -> bool:
+        """An exec probe: the command, in the pod's namespace, exits 0 within the timeout."""
+        if not argv:
+            return False
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *isolation.launch_prefix(self.layout, run.node, run.netns), *argv,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL, cwd=str(self.log_dir(run.namespace, run.name)),
+                start_new_session=True)
+        except OSError:
+            return False
+        try:
+            return await asyncio.wait_for(process.wait(), timeout) == 0
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            return False
 
     def _port(self, run: PodRun, port: Any) -> int:
         if isinstance(port, str) and not port.isdigit():
