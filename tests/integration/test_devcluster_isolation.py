@@ -79,9 +79,16 @@ def test_node_cpu_quota_limits_its_pods(api: Api, devcluster: dict[str, Any],
     _require_isolation(devcluster, "cpuLimited")
     base = f"/api/v1/namespaces/{namespace}/pods"
     api.ok("POST", base, _pod("busy", BUSY, "jetson-nano"))
-    api.wait_for(f"{base}/busy", lambda p: _phase(p) == "Succeeded", timeout=30)
+    api.ok("POST", base, _pod("limited", BUSY, "v100-server",
+                              resources={"limits": {"cpu": "100m"}}))
+    for name in ("busy", "limited"):
+        api.wait_for(f"{base}/{name}", lambda p: _phase(p) == "Succeeded", timeout=30)
     share = float(api.request("GET", f"{base}/busy/log").text)
     assert share < 0.25 * 1.3, f"a 0.25-core node gave one process {share:.2f} of a core"
+    limited = float(api.request("GET", f"{base}/limited/log").text)
+    assert limited < 0.1 * 1.3, f"a pod limited to 100m got {limited:.2f} of a core"
+    root = Path(f"/sys/fs/cgroup/cpu/splitdnn-{devcluster['clusterId']}/v100-0")
+    assert not [child for child in root.iterdir() if child.is_dir()]
 
 
 def test_node_down_kills_marks_and_evicts_then_node_up(api: Api, devcluster: dict[str, Any],

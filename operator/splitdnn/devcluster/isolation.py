@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -241,11 +242,13 @@ def _setup_cgroups(config: ClusterConfig, layout: Layout) -> None:
         layout.cgroups[node.name] = str(path)
 
 
-def launch_prefix(layout: Layout, node: str, pod_netns: str | None) -> list[str]:
-    """argv prefix that runs a command inside the pod's namespace and its node's cgroup."""
+def launch_prefix(layout: Layout, node: str, pod_netns: str | None,
+                  pod_cgroup: str | None = None) -> list[str]:
+    """argv prefix that runs a command inside the pod's namespace and its (node's) cgroup."""
     prefix: list[str] = []
-    if node in layout.cgroups:  # first: `ip netns exec` remounts /sys without the cgroups
-        prefix += ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', layout.cgroups[node]]
+    cgroup = pod_cgroup or layout.cgroups.get(node)
+    if cgroup:  # first: `ip netns exec` remounts /sys without the cgroups
+        prefix += ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup]
     if pod_netns is not None:
         prefix += ["ip", "netns", "exec", pod_netns]
     return prefix
@@ -271,6 +274,51 @@ def add_pod(layout: Layout, node: str, index: int, ip: str) -> str | None:
     return pod_netns
 
 
+def add_pod_cgroup(layout: Layout, node: str, pod_uid: str, cpu_limit: float | None
+                   ) -> str | None:
+    """A child of the node's cgroup for a pod with a CPU limit (the sum of its containers'
+    ``limits.cpu``), capped at the node's quota as cgroup v1 requires; None without one."""
+    node_cgroup = layout.cgroups.get(node)
+    if node_cgroup is None or cpu_limit is None:
+        return None
+    path = Path(node_cgroup) / f"pod-{pod_uid}"
+    node_quota = int((Path(node_cgroup) / "cpu.cfs_quota_us").read_text())
+    quota = int(cpu_limit * CFS_PERIOD_US)
+    if node_quota > 0:
+        quota = min(quota, node_quota)
+    try:
+        path.mkdir(exist_ok=True)
+        (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (path / "cpu.cfs_quota_us").write_text(str(max(quota, 1000)))
+    except OSError as exc:
+        log.warning("devcluster: no CPU limit for pod %s: %s", pod_uid, exc)
+        return None
+    return str(path)
+
+
+def remove_pod_cgroup(path: str | None) -> None:
+    if path is not None:
+        _remove_cgroup_tree(Path(path))
+
+
+def _remove_cgroup_tree(path: Path) -> None:
+    """Kill what runs in a cgroup and its children, then remove them (deepest first)."""
+    if not path.is_dir():
+        return
+    for child in [c for c in path.iterdir() if c.is_dir()]:
+        _remove_cgroup_tree(child)
+    _empty_cgroup(path)
+    for _ in range(50):  # killed tasks leave the cgroup asynchronously
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
+    log.warning("devcluster: could not remove cgroup %s", path)
+
+
 def remove_pod(pod_netns: str | None) -> None:
     if pod_netns is not None:
         _quiet("ip", "netns", "delete", pod_netns)
@@ -284,16 +332,8 @@ def set_link(layout: Layout, node: str, up: bool) -> None:
 
 def teardown(layout: Layout) -> None:
     """Remove everything ``setup`` created; safe to call twice and on a partial setup."""
-    for cgroup in layout.cgroups.values():
-        _empty_cgroup(Path(cgroup))
-    for cgroup in list(layout.cgroups.values()) + ([layout.cgroup_root] if
-                                                     layout.cgroup_root else []):
-        try:
-            Path(cgroup).rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("devcluster: could not remove cgroup %s: %s", cgroup, exc)
+    if layout.cgroup_root:
+        _remove_cgroup_tree(Path(layout.cgroup_root))
     pods = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                           check=False).stdout.split()
     for netns in [n for n in pods if n.startswith(f"sdp-{layout.cluster_id}-")]:

@@ -28,7 +28,7 @@ import aiohttp
 
 from splitdnn.devcluster import isolation
 from splitdnn.devcluster.config import ClusterConfig, NodeSpec
-from splitdnn.devcluster.controllers import condition, pods, record_event, set_status
+from splitdnn.devcluster.controllers import condition, pods, quantity, record_event, set_status
 from splitdnn.devcluster.store import Obj, Store, now_rfc3339
 
 
@@ -72,6 +72,7 @@ class PodRun:
     restart_policy: str
     host_ip: str
     netns: str | None = None
+    cgroup: str | None = None
     containers: dict[str, Container] = field(default_factory=dict)
     start_time: str = field(default_factory=now_rfc3339)
     probe_task: asyncio.Task[None] | None = None
@@ -218,6 +219,7 @@ class Kubelet:
                      name=pod["metadata"]["name"], node=node, ip=ip, restart_policy=policy,
                      host_ip=self.layout.node_ip(index))
         run.netns = isolation.add_pod(self.layout, node, index, ip)
+        run.cgroup = isolation.add_pod_cgroup(self.layout, node, run.uid, _cpu_limit(pod))
         for spec in pod["spec"].get("containers") or []:
             run.containers[spec["name"]] = Container(name=spec["name"], spec=spec)
         self.log_dir(run.namespace, run.name).mkdir(parents=True, exist_ok=True)
@@ -273,7 +275,7 @@ class Kubelet:
         log_path = self.log_dir(run.namespace, run.name) / f"{container.name}.log"
         with open(log_path, "ab") as log_file:
             container.process = await asyncio.create_subprocess_exec(
-                *isolation.launch_prefix(self.layout, run.node, run.netns), *argv,
+                *isolation.launch_prefix(self.layout, run.node, run.netns, run.cgroup), *argv,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
                 env=self._env(run, pod, container.spec), cwd=str(log_path.parent),
                 start_new_session=True)
@@ -431,7 +433,7 @@ class Kubelet:
             return False
         try:
             process = await asyncio.create_subprocess_exec(
-                *isolation.launch_prefix(self.layout, run.node, run.netns), *argv,
+                *isolation.launch_prefix(self.layout, run.node, run.netns, run.cgroup), *argv,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL, cwd=str(self.log_dir(run.namespace, run.name)),
                 start_new_session=True)
@@ -525,6 +527,7 @@ class Kubelet:
             run.probe_task.cancel()
         self.runs.pop(run.uid, None)
         isolation.remove_pod(run.netns)
+        isolation.remove_pod_cgroup(run.cgroup)
 
     # ---- stopping -------------------------------------------------------------------
     async def _stop_pod(self, run: PodRun, pod: Obj) -> None:
@@ -576,3 +579,12 @@ class Kubelet:
 
     def _alive(self, namespace: str, pod: str) -> bool:
         return any(r.namespace == namespace and r.name == pod for r in self.runs.values())
+
+
+def _cpu_limit(pod: Obj) -> float | None:
+    """The pod's CPU limit in cores: the sum of its containers' ``limits.cpu``, if all set."""
+    limits = [((c.get("resources") or {}).get("limits") or {}).get("cpu")
+              for c in (pod.get("spec") or {}).get("containers") or []]
+    if not limits or any(limit is None for limit in limits):
+        return None
+    return sum(quantity(limit) for limit in limits)
