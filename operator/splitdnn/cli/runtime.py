@@ -251,3 +251,34 @@ def demo_serving(directory: Path, requests: int = 8) -> None:
     stdout.print(f"gateway was {served.info['gateway']}, workers "
                  f"{', '.join(served.info['workers'])}", highlight=False)
     stdout.print(table)
+
+
+@app.command("fetch-block")
+def fetch_block(
+    model: Annotated[str, typer.Option(
+        "--model", help="torchvision:NAME, https://... (with --sha256), pvc://CLAIM/PATH or a "
+                        "path")],
+    layers: Annotated[str, typer.Option("--layers", help="The stage's layer range FIRST,LAST")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for block.onnx")],
+    sha256: Annotated[str | None, typer.Option("--sha256", help="The model file's sha256")]
+    = None,
+    block_sha256: Annotated[str | None, typer.Option(
+        "--block-sha256", help="The block's sha256 from the plan; a mismatch fails")] = None,
+    input_shape: Annotated[str | None, typer.Option("--input-shape",
+                                                    help="e.g. 1,3,224,224")] = None,
+) -> None:
+    """Fetch a model and write one stage's block, checking digests (a stage pod's init step)."""
+    from splitdnn.cli.common import parse_int_list
+    from splitdnn.graph import GraphError
+    from splitdnn.runtime.artifacts import ArtifactError, extract_block, fetch_model
+
+    bounds = parse_int_list(layers, "--layers")
+    if len(bounds) != 2 or bounds[0] > bounds[1] or bounds[0] < 0:
+        fail(f"--layers: expected FIRST,LAST with 0 <= FIRST <= LAST, got {layers!r}")
+    shape = tuple(parse_int_list(input_shape, "--input-shape")) if input_shape else None
+    try:
+        path, shape = fetch_model(model, sha256, shape)
+        block = extract_block(path, model, (bounds[0], bounds[1]), out, shape, block_sha256)
+    except (ArtifactError, GraphError) as error:
+        fail(str(error))
+    stdout.print(f"wrote {block} (layers {bounds[0]}-{bounds[1]} of {model})", highlight=False)
