@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from splitdnn.cli.common import JsonOpt, app, fail, stdout
+from splitdnn.cli.common import JsonOpt, app, fail, stderr, stdout
 from splitdnn.planning import (
     ALGORITHMS,
     OBJECTIVES,
@@ -117,3 +117,114 @@ def plan(
             f"({c.latency_ms:.2f} ms, {c.energy_mj:.2f} mJ)" for c in result.pareto))
     for line in lines:
         stdout.print(line, highlight=False)
+
+
+POLICIES = ("dp", "greedy", "random", "ddqn")
+TasksOpt = Annotated[int, typer.Option("--tasks", help="Tasks in the stream (M)")]
+RateOpt = Annotated[float, typer.Option("--arrival-rate", help="Bernoulli arrival rate p per slot")]
+KOpt = Annotated[int, typer.Option("--k", help="Deadline ratio: τ = k·D slots")]
+DevicesOpt = Annotated[int, typer.Option("--devices", help="Number of end devices")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the stream")]
+
+
+def _check_stream(tasks: int, arrival_rate: float, k: int, devices: int) -> None:
+    if tasks < 1:
+        fail(f"--tasks: expected at least 1, got {tasks}")
+    if not 0 < arrival_rate <= 1:
+        fail(f"--arrival-rate: expected 0 < p <= 1, got {arrival_rate}")
+    if k < 1:
+        fail(f"--k: expected a positive integer, got {k}")
+    if devices < 1:
+        fail(f"--devices: expected at least 1, got {devices}")
+
+
+@app.command("stream-sim")
+def stream_sim(
+    policy: Annotated[str, typer.Option("--policy", help="dp | greedy | random | ddqn")],
+    tasks: TasksOpt = 100,
+    arrival_rate: RateOpt = 0.1,
+    k: KOpt = 3,
+    devices: DevicesOpt = 3,
+    seed: SeedOpt = 0,
+    model_file: Annotated[Path | None, typer.Option(
+        "--model", help="DDQN weights written by stream-train (required for ddqn)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate a task stream (paper 003) under one decision policy."""
+    import numpy as np
+
+    from splitdnn.planning.stream import branchy_alexnet, generate_tasks, simulate
+
+    _choice(policy, POLICIES, "--policy")
+    _check_stream(tasks, arrival_rate, k, devices)
+    chooser = None
+    if policy == "ddqn":
+        if model_file is None:
+            fail("--model: required with --policy ddqn (train one with "
+                 "`splitdnn stream-train --out FILE`)")
+        assert model_file is not None
+        chooser = _load_agent(model_file).decide
+    elif model_file is not None:
+        fail(f"--model: only used with --policy ddqn, not {policy}")
+    model = branchy_alexnet()
+    if chooser is not None and len(model.actions()) != chooser.__self__.config.actions:
+        fail(f"--model: {model_file} was trained for {chooser.__self__.config.actions} actions, "
+             f"the stream model has {len(model.actions())}")
+    stream = generate_tasks(tasks, arrival_rate, k, devices, np.random.default_rng(seed))
+    result = simulate(policy, stream, devices, model, seed=seed, chooser=chooser)
+    if as_json:
+        print(json.dumps({**result.to_json(), "policy": policy, "tasks": tasks,
+                          "arrival_rate": arrival_rate, "k": k, "devices": devices,
+                          "seed": seed}))
+        return
+    stdout.print(f"{policy}: sum reward {result.sum_reward:.3f}, {result.completed} of {tasks} "
+                 f"tasks completed in time, mean accuracy {result.mean_accuracy:.3f}",
+                 highlight=False)
+
+
+def _load_agent(path: Path) -> Any:
+    from splitdnn.planning.ddqn import DDQNAgent
+
+    config = path.with_suffix(".json")
+    if not path.is_file() or not config.is_file():
+        fail(f"--model: expected {path} and {config} written by `splitdnn stream-train`")
+    try:
+        return DDQNAgent.load(path)
+    except (ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
+        fail(f"--model: cannot load {path}: {error}")
+
+
+@app.command("stream-train")
+def stream_train(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the weights (FILE) and "
+                                      "configuration (FILE with suffix .json)")],
+    episodes: Annotated[int, typer.Option("--episodes", help="Training episodes")] = 300,
+    tasks: TasksOpt = 100,
+    arrival_rate: RateOpt = 0.1,
+    k: KOpt = 3,
+    devices: DevicesOpt = 3,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the DDQN policy (paper 003, Algorithm 2) in the simulator and save it."""
+    from splitdnn.planning.ddqn import DDQNConfig, train
+
+    _check_stream(tasks, arrival_rate, k, devices)
+    if episodes < 1:
+        fail(f"--episodes: expected at least 1, got {episodes}")
+    if not out.parent.is_dir():
+        fail(f"--out: directory {out.parent} does not exist")
+    config = DDQNConfig(episodes=episodes, tasks=tasks, arrival_rate=arrival_rate, k=k,
+                        devices=devices, seed=seed)
+    with stderr.status(f"training DDQN for {episodes} episodes ..."):
+        agent, returns = train(config)
+    config_path = agent.save(out)
+    tail = returns[-min(10, len(returns)):]
+    summary = {"model": str(out), "config": str(config_path), "episodes": episodes,
+               "first_episode_reward": returns[0], "last_10_mean_reward": sum(tail) / len(tail)}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    stdout.print(f"saved {out} and {config_path}: {episodes} episodes, sum reward "
+                 f"{returns[0]:.2f} in the first, {summary['last_10_mean_reward']:.2f} on average "
+                 "in the last 10 (ε-greedy)", highlight=False)
