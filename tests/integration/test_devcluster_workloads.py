@@ -218,3 +218,31 @@ def test_failing_liveness_probe_restarts_the_container(api: Api, namespace: str)
     events = api.ok("GET", f"/api/v1/namespaces/{namespace}/events",
                     fieldSelector="involvedObject.name=unhealthy")["items"]
     assert any(e["reason"] == "Unhealthy" and e["type"] == "Warning" for e in events)
+
+
+def test_init_containers_run_first_in_order(api: Api, namespace: str) -> None:
+    base = f"/api/v1/namespaces/{namespace}/pods"
+
+    def step(name: str, code: str) -> dict[str, Any]:
+        return {"name": name, "image": PY, "command": [PY, "-c", code]}
+
+    api.ok("POST", base, {"metadata": {"name": "staged"}, "spec": {
+        "restartPolicy": "Never",
+        "initContainers": [step("fetch", "open('model', 'w').write('weights')"),
+                           step("check", "assert open('model').read() == 'weights'")],
+        "containers": [step("main", "print('serving', open('model').read())")]}})
+    pod = api.wait_for(f"{base}/staged", lambda p: _phase_of(p) == "Succeeded", timeout=30)
+    assert [s["state"]["terminated"]["reason"] for s in pod["status"]["initContainerStatuses"]
+            ] == ["Completed", "Completed"]
+    assert api.request("GET", f"{base}/staged/log").text == "serving weights\n"
+    api.ok("POST", base, {"metadata": {"name": "blocked"}, "spec": {
+        "restartPolicy": "Never", "initContainers": [step("fail", "raise SystemExit(2)")],
+        "containers": [step("main", "print('never')")]}})
+    blocked = api.wait_for(f"{base}/blocked", lambda p: _phase_of(p) == "Failed", timeout=30)
+    assert _condition(blocked, "Initialized") == "False"
+    main = blocked["status"]["containerStatuses"][0]
+    assert main["state"] == {"waiting": {"reason": "PodInitializing"}}
+
+
+def _phase_of(pod: Any) -> str:
+    return str((pod.get("status") or {}).get("phase")) if isinstance(pod, dict) else ""

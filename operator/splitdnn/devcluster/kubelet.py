@@ -73,6 +73,7 @@ class PodRun:
     host_ip: str
     netns: str | None = None
     cgroup: str | None = None
+    init: dict[str, Container] = field(default_factory=dict)  # run one by one, to success
     containers: dict[str, Container] = field(default_factory=dict)
     start_time: str = field(default_factory=now_rfc3339)
     probe_task: asyncio.Task[None] | None = None
@@ -220,6 +221,8 @@ class Kubelet:
                      host_ip=self.layout.node_ip(index))
         run.netns = isolation.add_pod(self.layout, node, index, ip)
         run.cgroup = isolation.add_pod_cgroup(self.layout, node, run.uid, _cpu_limit(pod))
+        for spec in pod["spec"].get("initContainers") or []:
+            run.init[spec["name"]] = Container(name=spec["name"], spec=spec)
         for spec in pod["spec"].get("containers") or []:
             run.containers[spec["name"]] = Container(name=spec["name"], spec=spec)
         self.log_dir(run.namespace, run.name).mkdir(parents=True, exist_ok=True)
@@ -240,20 +243,34 @@ class Kubelet:
         return self.state_dir / "pods" / f"{namespace}_{pod}"
 
     async def _start_due(self, run: PodRun, pod: Obj) -> None:
+        for init in run.init.values():  # in order; each must succeed before the next
+            if init.exit_code == 0:
+                continue
+            if _running(init) or (init.exit_code is not None and (
+                    run.restart_policy == "Never" or time.monotonic() < init.next_start)):
+                return
+            await self._relaunch(run, pod, init)
+            return
         for container in run.containers.values():
-            if container.process is not None and container.process.returncode is None:
+            if _running(container):
                 continue
             if container.exit_code is not None and not self._restarts(run, container):
                 continue
             if time.monotonic() < container.next_start:
                 continue
-            if container.exit_code is not None:
-                container.restarts += 1
-                container.last_terminated = self._terminated(container)
-                previous = self.log_dir(run.namespace, run.name) / f"{container.name}.log"
-                if previous.exists():
-                    previous.replace(previous.with_suffix(".previous.log"))
-            await self._launch(run, pod, container)
+            await self._relaunch(run, pod, container)
+
+    async def _relaunch(self, run: PodRun, pod: Obj, container: Container) -> None:
+        if container.exit_code is not None:
+            container.restarts += 1
+            container.last_terminated = self._terminated(container)
+            previous = self.log_dir(run.namespace, run.name) / f"{container.name}.log"
+            if previous.exists():
+                previous.replace(previous.with_suffix(".previous.log"))
+        await self._launch(run, pod, container)
+
+    def _initialized(self, run: PodRun) -> bool:
+        return all(init.exit_code == 0 for init in run.init.values())
 
     def _restarts(self, run: PodRun, container: Container) -> bool:
         if run.restart_policy == "Always":
@@ -464,11 +481,15 @@ class Kubelet:
                                "startedAt": container.started_at,
                                "finishedAt": container.finished_at}}
 
-    def _container_status(self, run: PodRun, container: Container) -> dict[str, Any]:
-        running = container.process is not None and container.process.returncode is None
+    def _container_status(self, run: PodRun, container: Container, initialized: bool,
+                          init: bool = False) -> dict[str, Any]:
+        running = _running(container)
+        restarts = self._restarts(run, container) and not (init and container.exit_code == 0)
         if running:
             state: dict[str, Any] = {"running": {"startedAt": container.started_at}}
-        elif container.exit_code is not None and self._restarts(run, container):
+        elif not initialized:
+            state = {"waiting": {"reason": "PodInitializing"}}
+        elif container.exit_code is not None and restarts:
             state = {"waiting": {"reason": "CrashLoopBackOff", "message":
                                  f"back-off restarting failed container {container.name}"}}
             if container.error:
@@ -488,6 +509,9 @@ class Kubelet:
         return status
 
     def _phase(self, run: PodRun) -> str:
+        if not self._initialized(run):
+            failed = any(i.exit_code not in (None, 0) for i in run.init.values())
+            return "Failed" if failed and run.restart_policy == "Never" else "Pending"
         containers = list(run.containers.values())
         if any(c.process is not None and c.process.returncode is None for c in containers):
             return "Running"
@@ -500,7 +524,8 @@ class Kubelet:
 
     def _write_status(self, run: PodRun, pod: Obj) -> None:
         previous = (pod.get("status") or {}).get("conditions")
-        statuses = [self._container_status(run, c) for c in run.containers.values()]
+        initialized = self._initialized(run)
+        statuses = [self._container_status(run, c, initialized) for c in run.containers.values()]
         phase = self._phase(run)
         ready = phase == "Running" and all(s["ready"] for s in statuses)
         reason = "" if ready else ("PodCompleted" if phase in ("Succeeded", "Failed")
@@ -511,11 +536,15 @@ class Kubelet:
             "qosClass": "BestEffort", "containerStatuses": statuses,
             "conditions": [
                 condition("PodScheduled", True, "", "", previous),
-                condition("Initialized", True, "", "", previous),
+                condition("Initialized", initialized,
+                          "" if initialized else "ContainersNotInitialized", "", previous),
                 condition("ContainersReady", ready, reason, "", previous),
                 condition("Ready", ready, reason, "", previous),
             ],
         }
+        if run.init:
+            status["initContainerStatuses"] = [self._container_status(run, c, True, init=True)
+                                               for c in run.init.values()]
         for cond in status["conditions"]:
             cond.pop("lastUpdateTime", None)
         set_status(self.store, pod, status)
@@ -537,8 +566,7 @@ class Kubelet:
         self._kill_run(run, signal.SIGTERM)
         deadline = time.monotonic() + min(grace, 10.0)
         while time.monotonic() < deadline and any(
-                c.process is not None and c.process.returncode is None
-                for c in run.containers.values()):
+                _running(c) for c in [*run.init.values(), *run.containers.values()]):
             await asyncio.sleep(0.05)
         self._kill_run(run, signal.SIGKILL)
         self._finish(run)
@@ -546,7 +574,7 @@ class Kubelet:
         self.wake.set()
 
     def _kill_run(self, run: PodRun, sig: signal.Signals) -> None:
-        for container in run.containers.values():
+        for container in [*run.init.values(), *run.containers.values()]:
             process = container.process
             if process is not None and process.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -588,3 +616,7 @@ def _cpu_limit(pod: Obj) -> float | None:
     if not limits or any(limit is None for limit in limits):
         return None
     return sum(quantity(limit) for limit in limits)
+
+
+def _running(container: Container) -> bool:
+    return container.process is not None and container.process.returncode is None
