@@ -168,6 +168,28 @@ def test_requests_in_flight_are_micro_batched(tmp_path: Path) -> None:
         assert h.metric("splitdnn_batch_size_sum", stage="1") == len(inputs)
 
 
+def test_requests_with_different_sample_shapes_are_not_stacked(tmp_path: Path) -> None:
+    """A block with a second symbolic dimension (a sequence length): what cannot be stacked
+    runs request by request, and every request still gets its own result."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "sequence",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", 4])],
+        [numpy_helper.from_array(WEIGHTS, "w")],
+    )
+    block = tmp_path / "sequence.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(block))
+    for h in start_worker(tmp_path, block=block, max_batch=8, max_delay_ms=200):
+        inputs = {f"len{length}": np.ones((1, length, 4), np.float32) for length in (2, 3, 5)}
+        for request_id, x in inputs.items():
+            h.send(x, request_id)
+        for _ in inputs:
+            reply = h.receive()
+            assert reply.error is None
+            np.testing.assert_allclose(reply.tensors[0], inputs[reply.id] @ WEIGHTS, rtol=1e-6)
+
+
 def test_fixed_batch_block_is_not_batched(tmp_path: Path) -> None:
     block = matmul_model(tmp_path / "fixed.onnx", WEIGHTS, batch=1)
     for h in start_worker(tmp_path, block=block, max_batch=8, max_delay_ms=100):

@@ -204,13 +204,12 @@ class Worker:
 
     def _run(self, inputs: list[np.ndarray]) -> list[tuple[np.ndarray, bool]]:
         """Block (and exit head) outputs per request, with whether the exit was taken."""
-        sizes = [tensor.shape[0] for tensor in inputs] if self.batching else [1] * len(inputs)
-        if len(inputs) == 1:
-            results = [self.engine.run(inputs[0])]
-        elif self.batching:
+        same_sample_shape = len({tensor.shape[1:] for tensor in inputs}) == 1
+        if self.batching and len(inputs) > 1 and same_sample_shape:
             stacked = self.engine.run(np.concatenate(inputs, axis=0))
+            sizes = [tensor.shape[0] for tensor in inputs]
             results = np.split(stacked, np.cumsum(sizes)[:-1], axis=0)
-        else:
+        else:  # one request, a fixed-batch block, or other symbolic dimensions that differ
             results = [self.engine.run(tensor) for tensor in inputs]
         if self.exit_head is None:
             return [(result, False) for result in results]
