@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools test test-fast demo crds manifests chart-test lint bench bench-runtime bench-sweep bench-predict profiles clean
+.PHONY: setup tools test test-fast demo crds manifests chart-test lint bench bench-runtime bench-sweep bench-predict bench-planning profiles clean
 
 setup: $(STAMP)
 
@@ -74,6 +74,10 @@ bench-sweep: setup
 bench-predict: setup
 	$(BIN)/python bench/bench_predict.py --profiles tests/data/profiles \
 		--plot docs/predict-error.png --write docs/benchmarks.md
+
+# Planner times (300-segment, 4-tier problem) and the task-stream sweeps of paper 003 (~10 min).
+bench-planning: setup
+	$(BIN)/python bench/bench_planning.py --write docs/benchmarks.md
 
 # Re-collect that dataset: 5 CPU classes (threads, cgroup CPU quotas; needs root), ~30 min.
 profiles: setup
