@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from splitdnn.cli import (  # noqa: F401  (imported for their commands)
     api,
+    coordination,
     devcluster,
     graph,
     planning,

@@ -1,0 +1,9 @@
+"""Errors raised by the coordination package; each names what was wrong and what was expected."""
+
+
+class CoordinationError(Exception):
+    """Bad input to CoDE: an invalid path, an unknown model or dataset, an unsplittable model."""
+
+
+class FrozenParameterChanged(CoordinationError):
+    """Training changed a parameter or buffer of a frozen block (a bug; links alone may learn)."""
