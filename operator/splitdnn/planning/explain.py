@@ -4,7 +4,7 @@ tier would give, with the difference split into compute and transfer time (or en
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from splitdnn.planning.algorithms import (
     ALGORITHMS,
@@ -49,10 +49,14 @@ def alternatives(problem: Problem, result: PlanResult) -> list[Alternative]:
             plan = solve(problem, result.objective, algorithm).best
         except InfeasibleError:
             continue
-        if plan.exit_index == exit_index:
-            found.setdefault(plan.stages, Alternative(algorithm, plan.stages,
-                                                      evaluate(problem, list(plan.stages),
-                                                               exit_index)))
+        if plan.exit_index != exit_index:
+            continue
+        if plan.stages in found:
+            known = found[plan.stages]
+            found[plan.stages] = replace(known, label=f"{known.label}, {algorithm}")
+        else:
+            found[plan.stages] = Alternative(algorithm, plan.stages,
+                                             evaluate(problem, list(plan.stages), exit_index))
     last = len(problem.segments) - 1 if exit_index is None else \
         (problem.exits or [])[exit_index].after_segment
     for tier in problem.tiers:
