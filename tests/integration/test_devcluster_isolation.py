@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from splitdnn.devcluster import running, set_node, start, stop
+from splitdnn.devcluster.daemon import cluster_id
 from tests.integration.conftest import Api
 
 PY = "python"
@@ -125,22 +126,24 @@ def test_node_down_kills_marks_and_evicts_then_node_up(api: Api, devcluster: dic
                  what="the replacement to run after node-up")
 
 
-def _machine_snapshot() -> dict[str, set[str]]:
+def _machine_snapshot(cluster: str) -> dict[str, set[str]]:
+    """Everything on this machine named after one cluster (other clusters may run alongside:
+    their names differ)."""
     def lines(*argv: str) -> set[str]:
         out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-        return {line.split()[0] for line in out.splitlines() if line.strip()}
+        return {line.split()[0].split("@")[0] for line in out.splitlines() if line.strip()}
 
-    links = {name.split("@")[0] for name in lines("ip", "-br", "link")}
-    cgroups = {p.name for p in Path("/sys/fs/cgroup/cpu").glob("splitdnn-*")} \
-        if Path("/sys/fs/cgroup/cpu").exists() else set()
-    return {"netns": {n for n in lines("ip", "netns", "list") if n.startswith("sdn-")},
-            "links": {n for n in links if n.startswith(("sdb", "sdv"))},
-            "cgroups": cgroups}
+    etc, cgroups = Path("/etc/netns"), Path("/sys/fs/cgroup/cpu")
+    found = {"netns": lines("ip", "netns", "list"), "links": lines("ip", "-br", "link"),
+             "etc-netns": {p.name for p in etc.iterdir()} if etc.is_dir() else set(),
+             "cgroups": {p.name for p in cgroups.iterdir()} if cgroups.is_dir() else set()}
+    return {kind: {name for name in names if cluster in name} for kind, names in found.items()}
 
 
 def test_up_then_down_leaves_the_machine_as_it_was(tmp_path: Path) -> None:
     state_dir = tmp_path / "cluster"
-    before = _machine_snapshot()
+    before = _machine_snapshot(cluster_id(state_dir))
+    assert before == {"netns": set(), "links": set(), "etc-netns": set(), "cgroups": set()}
     state = start(state_dir, exit_with=os.getpid())
     try:
         api = Api(state["server"], state_dir)
@@ -149,12 +152,15 @@ def test_up_then_down_leaves_the_machine_as_it_was(tmp_path: Path) -> None:
         pod = api.wait_for("/api/v1/namespaces/default/pods/sleeper",
                            lambda p: _phase(p) == "Running")
         pid = int(pod["status"]["containerStatuses"][0]["containerID"].split("//")[1])
-        during = _machine_snapshot()
-        if state["networkIsolated"]:
-            assert len(during["netns"] - before["netns"]) == 2
+        during = _machine_snapshot(state["clusterId"])
+        if state["networkIsolated"]:  # two nodes and one pod, with its resolv.conf and hosts
+            assert len(during["netns"]) == 3 and len(during["etc-netns"]) == 1
+            assert len(during["links"]) == 3  # the bridge and the nodes' host-side veths
+        if state["cpuLimited"]:
+            assert len(during["cgroups"]) == 1
     finally:
         assert stop(state_dir)
-    assert _machine_snapshot() == before
+    assert _machine_snapshot(state["clusterId"]) == before
     assert not state_dir.exists() and running(state_dir) is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

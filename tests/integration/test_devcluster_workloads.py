@@ -143,7 +143,8 @@ http.server.HTTPServer((os.environ['POD_IP'], 8080), Handler).serve_forever()
 """
 
 
-def test_readiness_probe_and_headless_service_endpoints(api: Api, namespace: str) -> None:
+def test_readiness_probe_and_headless_service_endpoints(api: Api, namespace: str,
+                                                        devcluster: dict[str, Any]) -> None:
     body = _deployment("web", SERVER, replicas=2)
     container = body["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {
@@ -151,8 +152,7 @@ def test_readiness_probe_and_headless_service_endpoints(api: Api, namespace: str
     container["ports"] = [{"name": "http", "containerPort": 8080}]
     container["readinessProbe"] = {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1,
                                    "failureThreshold": 1}
-    container["startupProbe"] = {"exec": {"command": [PY, "-c", "import os; "
-                                                      "assert os.path.exists('ready')"]},
+    container["startupProbe"] = {"exec": {"command": ["test", "-e", "ready"]},
                                  "periodSeconds": 1, "failureThreshold": 600}
     api.ok("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", body)
     api.ok("POST", f"/api/v1/namespaces/{namespace}/services", {
@@ -180,6 +180,16 @@ def test_readiness_probe_and_headless_service_endpoints(api: Api, namespace: str
     deploy = api.wait_for(f"/apis/apps/v1/namespaces/{namespace}/deployments/web",
                           lambda d: d["status"].get("readyReplicas") == 2)
     assert deploy["status"]["observedGeneration"] == deploy["metadata"]["generation"]
+    if devcluster["networkIsolated"]:  # cluster DNS and the pod's own hostname
+        lookup = ("import socket; print(sorted(socket.gethostbyname_ex('web')[2]), "
+                  "socket.gethostname())")
+        api.ok("POST", f"/api/v1/namespaces/{namespace}/pods", {
+            "metadata": {"name": "lookup"}, "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "main", "image": PY, "command": [PY, "-c", lookup]}]}})
+        api.wait_for(f"/api/v1/namespaces/{namespace}/pods/lookup",
+                     lambda p: _phase_of(p) == "Succeeded", what="the DNS lookup pod")
+        log = api.request("GET", f"/api/v1/namespaces/{namespace}/pods/lookup/log").text
+        assert log == f"{ips} lookup\n"
 
 
 def _pod_dir(api: Api, namespace: str, pod: str) -> Path:

@@ -176,3 +176,28 @@ def test_server_side_apply_removes_what_the_manager_stopped_applying() -> None:
     assert env == [{"name": "A", "value": "1"}]
     assert result["metadata"]["labels"] == {"someone": "else"}
     assert result["metadata"]["generation"] == 2
+
+
+def test_cluster_dns_answers_services_pods_and_nothing_else() -> None:
+    from splitdnn.devcluster import dns
+
+    store = Store()
+    store.create(store.type_for("", "v1", "services"), "default",
+                 {"metadata": {"name": "stage1"}, "spec": {"clusterIP": "None"}})
+    store.create(store.type_for("", "v1", "endpoints"), "default", {
+        "metadata": {"name": "stage1"},
+        "subsets": [{"addresses": [{"ip": "10.9.2.3"}, {"ip": "10.9.1.2"}],
+                     "notReadyAddresses": [{"ip": "10.9.1.9"}]}]})
+    server = dns.ClusterDns(store)
+    assert server.resolve("stage1.default.svc.cluster.local") == ["10.9.1.2", "10.9.2.3"]
+    assert server.resolve("10-9-1-2.default.pod.cluster.local") == ["10.9.1.2"]
+    assert server.resolve("missing.default.svc.cluster.local") is None
+    assert server.resolve("example.com") is None
+    # the wire format: a query for stage1.default.svc.cluster.local, type A
+    name = b"".join(bytes([len(p)]) + p.encode() for p in
+                    ["stage1", "default", "svc", "cluster", "local"]) + b"\0"
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01\x00\x01"
+    ident, flags, parsed, qtype, question = dns.parse_query(query) or (0, 0, "", 0, b"")
+    assert (ident, parsed, qtype) == (0x1234, "stage1.default.svc.cluster.local", dns.A)
+    reply = dns.build_response(ident, flags, question, dns.NOERROR, ["10.9.1.2"])
+    assert reply[:4] == b"\x12\x34\x81\x80" and reply.endswith(bytes([10, 9, 1, 2]))

@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 
 from splitdnn.devcluster import resources, tables
+from splitdnn.devcluster.patching import apply_patch
 from splitdnn.devcluster.resources import ResourceType
 from splitdnn.devcluster.selectors import SelectorError, field_matcher, label_matcher
 from splitdnn.devcluster.store import ApiError, Event, Obj, Store
@@ -238,7 +239,6 @@ class ApiServer:
             if request.method == "PATCH":
                 current = _scale_of(self.store.get(rt, target.namespace, name))
                 ctype = request.headers.get("Content-Type", "application/merge-patch+json")
-                from splitdnn.devcluster.patching import apply_patch
                 body = apply_patch(ctype, current, body)
             replicas = (body.get("spec") or {}).get("replicas")
             self.store.patch(rt, target.namespace, name, "application/merge-patch+json",

@@ -24,6 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from splitdnn.devcluster import controllers, isolation
+from splitdnn.devcluster import dns as cluster_dns
 from splitdnn.devcluster.apiserver import ApiServer
 from splitdnn.devcluster.config import ClusterConfig, load_config
 from splitdnn.devcluster.kubelet import Kubelet
@@ -41,6 +42,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def cluster_id(state_dir: Path) -> str:
+    """Names the cluster's namespaces, links and cgroups (one cluster per state dir)."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
 
 
 def free_port() -> int:
@@ -82,7 +88,7 @@ class Daemon:
     def __init__(self, state_dir: Path, config: ClusterConfig,
                  exit_with: int | None = None) -> None:
         self.state_dir, self.config, self.exit_with = state_dir, config, exit_with
-        self.cluster_id = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
+        self.cluster_id = cluster_id(state_dir)
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
 
@@ -100,11 +106,15 @@ class Daemon:
         hosts = ["127.0.0.1"] + ([layout.gateway_ip] if layout.network_isolated else [])
         for host in hosts:
             await web.TCPSite(runner, host, port, shutdown_timeout=0.5).start()
+        dns = await cluster_dns.serve(store, layout.gateway_ip) if layout.network_isolated \
+            else None
         try:
             kubelet.register_nodes()
             self._publish(port, layout)
             await self._loop(store, kubelet)
         finally:
+            if dns is not None:
+                dns.close()
             server.stopping.set()
             kubelet.shutdown()
             await asyncio.sleep(0.2)

@@ -243,22 +243,31 @@ def _setup_cgroups(config: ClusterConfig, layout: Layout) -> None:
 
 
 def launch_prefix(layout: Layout, node: str, pod_netns: str | None,
-                  pod_cgroup: str | None = None) -> list[str]:
-    """argv prefix that runs a command inside the pod's namespace and its (node's) cgroup."""
+                  pod_cgroup: str | None = None, hostname: str | None = None) -> list[str]:
+    """argv prefix that runs a command inside the pod's network namespace (and a UTS
+    namespace with the pod's hostname) and its pod's or node's cgroup."""
     prefix: list[str] = []
     cgroup = pod_cgroup or layout.cgroups.get(node)
     if cgroup:  # first: `ip netns exec` remounts /sys without the cgroups
         prefix += ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup]
     if pod_netns is not None:
         prefix += ["ip", "netns", "exec", pod_netns]
+        if hostname:
+            prefix += ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]
     return prefix
 
 
-def add_pod(layout: Layout, node: str, index: int, ip: str) -> str | None:
-    """Create the pod's namespace wired to its node's bridge; returns its name."""
+def add_pod(layout: Layout, node: str, index: int, ip: str, namespace: str = "default",
+            hostname: str = "") -> str | None:
+    """Create the pod's namespace wired to its node's bridge, with its own resolv.conf
+    (cluster DNS) and hosts file (its hostname); returns the namespace's name."""
     pod_netns = layout.pod_netns(index, ip)
     if pod_netns is None:
         return None
+    _write_netns_etc(pod_netns, {
+        "resolv.conf": f"nameserver {layout.gateway_ip}\nsearch {namespace}.svc.cluster.local "
+                       "svc.cluster.local cluster.local\noptions ndots:5\n",
+        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{ip}\t{hostname}\n"})
     node_netns, veth = layout.netns[node], f"vp{ip.rsplit('.', 1)[1]}"
     _quiet("ip", "netns", "delete", pod_netns)  # a leftover of a crashed pod
     _run("ip", "netns", "add", pod_netns)
@@ -322,6 +331,24 @@ def _remove_cgroup_tree(path: Path) -> None:
 def remove_pod(pod_netns: str | None) -> None:
     if pod_netns is not None:
         _quiet("ip", "netns", "delete", pod_netns)
+        _remove_netns_etc(pod_netns)
+
+
+# `ip netns exec NAME` bind-mounts the files in /etc/netns/NAME over those in /etc.
+ETC_NETNS = Path("/etc/netns")
+
+
+def _write_netns_etc(pod_netns: str, files: dict[str, str]) -> None:
+    directory = ETC_NETNS / pod_netns
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def _remove_netns_etc(pod_netns: str) -> None:
+    shutil.rmtree(ETC_NETNS / pod_netns, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        ETC_NETNS.rmdir()  # only when empty: then nobody else uses it
 
 
 def set_link(layout: Layout, node: str, up: bool) -> None:
@@ -338,6 +365,9 @@ def teardown(layout: Layout) -> None:
                           check=False).stdout.split()
     for netns in [n for n in pods if n.startswith(f"sdp-{layout.cluster_id}-")]:
         _quiet("ip", "netns", "delete", netns)
+    if ETC_NETNS.is_dir():
+        for directory in ETC_NETNS.glob(f"sdp-{layout.cluster_id}-*"):
+            _remove_netns_etc(directory.name)
     for netns in layout.netns.values():
         _quiet("ip", "netns", "delete", netns)
     for veth in layout.host_veths:

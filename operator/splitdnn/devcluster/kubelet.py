@@ -73,6 +73,7 @@ class PodRun:
     host_ip: str
     netns: str | None = None
     cgroup: str | None = None
+    hostname: str = ""
     init: dict[str, Container] = field(default_factory=dict)  # run one by one, to success
     containers: dict[str, Container] = field(default_factory=dict)
     start_time: str = field(default_factory=now_rfc3339)
@@ -219,7 +220,8 @@ class Kubelet:
         run = PodRun(uid=pod["metadata"]["uid"], namespace=pod["metadata"]["namespace"],
                      name=pod["metadata"]["name"], node=node, ip=ip, restart_policy=policy,
                      host_ip=self.layout.node_ip(index))
-        run.netns = isolation.add_pod(self.layout, node, index, ip)
+        run.hostname = pod["spec"].get("hostname") or run.name
+        run.netns = isolation.add_pod(self.layout, node, index, ip, run.namespace, run.hostname)
         run.cgroup = isolation.add_pod_cgroup(self.layout, node, run.uid, _cpu_limit(pod))
         for spec in pod["spec"].get("initContainers") or []:
             run.init[spec["name"]] = Container(name=spec["name"], spec=spec)
@@ -292,7 +294,8 @@ class Kubelet:
         log_path = self.log_dir(run.namespace, run.name) / f"{container.name}.log"
         with open(log_path, "ab") as log_file:
             container.process = await asyncio.create_subprocess_exec(
-                *isolation.launch_prefix(self.layout, run.node, run.netns, run.cgroup), *argv,
+                *isolation.launch_prefix(self.layout, run.node, run.netns, run.cgroup,
+                                         run.hostname), *argv,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
                 env=self._env(run, pod, container.spec), cwd=str(log_path.parent),
                 start_new_session=True)
