@@ -134,14 +134,20 @@ def _optimise(setting: _Setting, objective: str) -> Finals | None:
         spec = setting.spec((LAT, OPEN), bottleneck=bound)
         finals = run_labels(setting.arrays, setting.family, spec)
         return finals if len(finals) else first
-    leading = (LAT,) if objective == "latency" else (EN,)
+    if setting.problem.has_energy:  # one run gives the optimum and the Pareto set
+        leading: tuple[int, ...] = (LAT, EN) if objective == "latency" else (EN, LAT)
+    else:
+        leading = (LAT,) if objective == "latency" else (EN,)
     finals = run_labels(setting.arrays, setting.family, setting.spec(leading))
     return finals if len(finals) else None
 
 
-def pareto_set(setting: _Setting, accuracy: float | None) -> tuple[Candidate, ...]:
-    """The feasible plans of the family non-dominated in (latency, energy), fastest first."""
-    finals = run_labels(setting.arrays, setting.family, setting.spec((LAT, EN)))
+def pareto_set(setting: _Setting, accuracy: float | None,
+               finals: Finals | None = None) -> tuple[Candidate, ...]:
+    """The feasible plans of the family non-dominated in (latency, energy), fastest first;
+    ``finals`` of a run with dominance on both (and every bound) saves running it again."""
+    if finals is None:
+        finals = run_labels(setting.arrays, setting.family, setting.spec((LAT, EN)))
     if not len(finals):
         return ()
     rows = _without_near_ties(finals.labels[:, [LAT, EN]], pareto_rows(finals.labels[:, [LAT, EN]]))
@@ -199,22 +205,25 @@ def resolve_algorithm(algorithm: str, objective: str) -> str:
 def solve(problem: Problem, objective: str = "latency", algorithm: str = "auto") -> PlanResult:
     """The best plan of ``algorithm`` for ``objective``; ``InfeasibleError`` when none fits."""
     algorithm = resolve_algorithm(algorithm, objective)
-    best: tuple[tuple[float, ...], Candidate, _Setting] | None = None
+    best: tuple[tuple[float, ...], Candidate, _Setting, Finals] | None = None
     settings = exit_settings(problem, algorithm)
     for setting in settings:
         finals = _optimise(setting, objective)
         if finals is None:
             continue
         accuracy = accuracy_of(problem, setting.exit_index)
-        found = setting.candidate(finals, _best_row(finals, objective), accuracy)
+        row = _best_row(finals, objective)
         key = (-rank_accuracy(problem, setting.exit_index),
-               *(finals.labels[_best_row(finals, objective), c] for c in _order(objective)))
+               *(finals.labels[row, c] for c in _order(objective)))
         if best is None or key < best[0]:
-            best = (key, found, setting)
+            best = (key, setting.candidate(finals, row, accuracy), setting, finals)
     if best is None:
         raise diagnose(settings)
-    _, chosen, setting = best
-    pareto = pareto_set(setting, chosen.accuracy) if problem.has_energy else ()
+    _, chosen, setting, finals = best
+    pareto: tuple[Candidate, ...] = ()
+    if problem.has_energy:
+        reuse = finals if objective != "throughput" else None
+        pareto = pareto_set(setting, chosen.accuracy, reuse)
     return PlanResult(algorithm, objective, chosen, pareto)
 
 
