@@ -33,9 +33,8 @@ from doc_section import load_average
 
 MODELS = [
     "alexnet", "vgg11", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
-    "mobilenet_v3_small", "mobilenet_v3_large", "squeezenet1_0", "squeezenet1_1",
-    "shufflenet_v2_x1_0", "mnasnet1_0", "efficientnet_b0", "regnet_x_400mf", "googlenet",
-    "densenet121",
+    "mobilenet_v3_small", "squeezenet1_1", "shufflenet_v2_x1_0", "mnasnet1_0",
+    "efficientnet_b0", "regnet_x_400mf",
 ]
 CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")

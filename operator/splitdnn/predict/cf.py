@@ -26,6 +26,8 @@ SHRINKAGE = (0.001, 0.01, 0.1, 1.0)
 ITERATIONS = 40
 BIAS_REGULARISATION = 1e-3
 VALIDATION_SHARE = 0.2
+BOUND_MARGIN = 1.0
+PRIOR_RIDGE = 1.0  # on standardised features: a handful of columns cannot swing the prior
 
 
 @dataclass
@@ -52,14 +54,16 @@ class FactorModel:
     col_factors: np.ndarray
     rank: int
     shrinkage: float
+    bounds: tuple[float, float] = (-np.inf, np.inf)
 
     def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         interaction = np.einsum("nk,nk->n", self.row_factors[rows], self.col_factors[cols])
-        return self.mu + self.row_bias[rows] + self.col_bias[cols] + interaction
+        return np.clip(self.mu + self.row_bias[rows] + self.col_bias[cols] + interaction,
+                       *self.bounds)
 
     def matrix(self) -> np.ndarray:
-        return (self.mu + self.row_bias[:, None] + self.col_bias[None, :]
-                + self.row_factors @ self.col_factors.T)
+        return np.clip(self.mu + self.row_bias[:, None] + self.col_bias[None, :]
+                       + self.row_factors @ self.col_factors.T, *self.bounds)
 
 
 def fit_factorisation(
@@ -84,12 +88,15 @@ def fit_factorisation(
         row_params = _solve_groups(data.rows, n_rows, col_params[data.cols],
                                    data.values - mu, row_penalty, np.zeros_like(row_params))
         _center(row_params, col_params)
-        prior = _feature_prior(features, col_params, observed_cols, shrinkage)
+        prior = _feature_prior(features, col_params, observed_cols)
         col_params = _solve_groups(data.cols, n_cols, row_params[data.rows],
                                    data.values - mu, col_penalty, prior)
         _center(col_params, row_params)
+    # A prediction may leave the observed range by at most BOUND_MARGIN (an e-fold): beyond
+    # it a few unlucky factors, not the data, would decide the value.
+    bounds = (float(data.values.min()) - BOUND_MARGIN, float(data.values.max()) + BOUND_MARGIN)
     return FactorModel(mu, row_params[:, 0], col_params[:, 0], row_params[:, 1:],
-                       col_params[:, 1:], rank, shrinkage)
+                       col_params[:, 1:], rank, shrinkage, bounds)
 
 
 def _center(params: np.ndarray, other: np.ndarray) -> None:
@@ -133,13 +140,13 @@ def _solve_groups(
 
 
 def _feature_prior(
-    features: np.ndarray, col_params: np.ndarray, observed: np.ndarray, shrinkage: float
+    features: np.ndarray, col_params: np.ndarray, observed: np.ndarray
 ) -> np.ndarray:
     """Ridge regression from features to the observed columns' (c, v); predicted for all."""
     if not observed.any() or features.shape[1] == 0:
         return np.zeros_like(col_params)
     x = features[observed]
-    penalty = shrinkage * np.eye(x.shape[1])
+    penalty = PRIOR_RIDGE * np.eye(x.shape[1])
     penalty[0, 0] = BIAS_REGULARISATION  # the intercept column is not shrunk
     weights = np.linalg.solve(x.T @ x + penalty, x.T @ col_params[observed])
     return features @ weights
