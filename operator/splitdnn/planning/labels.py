@@ -127,11 +127,17 @@ def pareto_rows(values: np.ndarray) -> np.ndarray:
         second = values[order, 1]
         best_before = np.concatenate(([np.inf], np.minimum.accumulate(second)[:-1]))
         return np.sort(order[second < best_before])
-    less_equal = np.all(values[:, None, :] <= values[None, :, :], axis=2)
-    strictly = np.any(values[:, None, :] < values[None, :, :], axis=2)
-    dominated = np.any(less_equal & strictly, axis=0)
-    duplicate = np.any(np.triu(less_equal & ~strictly, 1), axis=0)
-    return np.flatnonzero(~dominated & ~duplicate)
+    # In lexicographic order a row can only be dominated by an earlier one, so the first
+    # remaining row is on the front; it removes every row it dominates (and its duplicates).
+    order = np.lexsort(values.T[::-1])
+    ranked = values[order]
+    remaining = np.arange(count)
+    kept = []
+    while remaining.size:
+        first = remaining[0]
+        kept.append(first)
+        remaining = remaining[~np.all(ranked[remaining] >= ranked[first], axis=1)]
+    return np.sort(order[kept])
 
 
 def _slack(limit: float) -> float:
