@@ -107,3 +107,41 @@ def test_custom_resources_print_their_columns(kubectl: Callable[..., str]) -> No
     assert table.splitlines()[1].split()[0] == "resnet50"
     assert "deleted" in kubectl("delete", "-f", "-", stdin=manifests)
     assert kubectl("get", "dnns,splitplans,crosslinks", "-o", "name") == ""
+
+
+def test_protobuf_bodies_from_typed_clients(kubectl: Callable[..., str]) -> None:
+    """kubectl's create generators and delete send protobuf, as Helm's release storage does."""
+    kubectl("create", "configmap", "generated", "--from-literal=a=b")
+    kubectl("create", "secret", "generic", "token", "--from-literal=key=value")
+    kubectl("create", "serviceaccount", "bot")
+    assert json.loads(kubectl("get", "configmap", "generated", "-o", "json"))["data"] == {
+        "a": "b"}
+    assert json.loads(kubectl("get", "secret", "token", "-o", "json"))["data"] == {
+        "key": "dmFsdWU="}
+    kubectl("delete", "configmap/generated", "secret/token", "serviceaccount/bot")
+    assert kubectl("get", "configmaps,secrets,serviceaccounts", "-o", "name") == ""
+
+
+def test_helm_installs_and_uninstalls_the_chart(kubectl: Callable[..., str],
+                                                devcluster: dict[str, Any],
+                                                namespace: str) -> None:
+    from tests.integration.conftest import ROOT
+
+    helm = ROOT / ".tools" / "helm"
+    env = dict(os.environ, KUBECONFIG=devcluster["kubeconfig"])
+
+    def run(*args: str) -> str:
+        result = subprocess.run([str(helm), *args, "--namespace", namespace], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    # the CRDs exist already in this shared cluster (other tests applied crds/)
+    run("install", "splitdnn", str(ROOT / "charts" / "splitdnn"), "--set", "crds.enabled=false")
+    releases = json.loads(run("list", "-o", "json"))
+    assert [(r["name"], r["status"]) for r in releases] == [("splitdnn", "deployed")]
+    assert "deployment.apps/splitdnn" in kubectl("get", "deployments", "-o", "name")
+    crds = kubectl("get", "crd", "-o", "name")
+    assert "customresourcedefinition.apiextensions.k8s.io/splitplans.splitdnn.io" in crds
+    run("uninstall", "splitdnn", "--wait")
+    assert kubectl("get", "deployments,secrets", "-o", "name") == ""

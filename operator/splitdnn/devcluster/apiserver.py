@@ -19,8 +19,9 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from splitdnn.devcluster import resources, tables
+from splitdnn.devcluster import protobuf, resources, tables
 from splitdnn.devcluster.patching import apply_patch
+from splitdnn.devcluster.protobuf import ProtobufError
 from splitdnn.devcluster.resources import ResourceType
 from splitdnn.devcluster.selectors import SelectorError, field_matcher, label_matcher
 from splitdnn.devcluster.store import ApiError, Event, Obj, Store
@@ -393,11 +394,12 @@ def _int_rv(text: str) -> int:
 
 
 async def _body(request: web.Request, allow_empty: bool = False) -> Any:
-    if "protobuf" in request.headers.get("Content-Type", ""):
-        raise ApiError(415, "UnsupportedMediaType", "the devcluster speaks JSON only, not "
-                       "protobuf (kubectl's `create <kind>` generators send protobuf: use "
-                       "`kubectl apply -f` or `create -f` instead)")
     raw = await request.read()
+    if "protobuf" in request.headers.get("Content-Type", ""):
+        try:
+            return protobuf.decode(raw)
+        except ProtobufError as exc:
+            raise ApiError(415, "UnsupportedMediaType", f"devcluster: {exc}") from exc
     if not raw.strip():
         if allow_empty:
             return {}

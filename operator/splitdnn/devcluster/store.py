@@ -184,7 +184,7 @@ class Store:
                           "Required value: name or generateName is required")
         if rt.namespaced:
             namespace = namespace or meta.get("namespace") or "default"
-            if meta.get("namespace") not in (None, namespace):
+            if meta.get("namespace") not in (None, "", namespace):
                 raise ApiError(400, "BadRequest", "the namespace of the provided object does not "
                                "match the namespace sent on the request")
             self._require_namespace(namespace)
