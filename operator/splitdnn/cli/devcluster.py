@@ -66,8 +66,12 @@ def status(as_json: JsonOpt = False) -> None:
     from splitdnn.devcluster.manage import api_get
 
     state = _running()
-    nodes = api_get(state, "/api/v1/nodes")["items"]
-    pods = api_get(state, "/api/v1/pods")["items"]
+    try:
+        nodes = api_get(state, "/api/v1/nodes")["items"]
+        pods = api_get(state, "/api/v1/pods")["items"]
+    except OSError as exc:
+        fail(f"the devcluster at {state['server']} does not answer ({exc}); see "
+             f"{Path(state['kubeconfig']).parent / 'daemon.log'}", code=1)
     if as_json:
         typer.echo(json.dumps({"server": state["server"], "kubeconfig": state["kubeconfig"],
                                "networkIsolated": state["networkIsolated"],

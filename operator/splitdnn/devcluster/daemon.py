@@ -28,20 +28,11 @@ from splitdnn.devcluster import dns as cluster_dns
 from splitdnn.devcluster.apiserver import ApiServer
 from splitdnn.devcluster.config import ClusterConfig, load_config
 from splitdnn.devcluster.kubelet import Kubelet
+from splitdnn.devcluster.manage import process_alive
 from splitdnn.devcluster.store import ApiError, Store
 
 log = logging.getLogger("splitdnn.devcluster")
 TICK_SECONDS = 0.5
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cluster_id(state_dir: Path) -> str:
@@ -145,7 +136,7 @@ class Daemon:
 
     async def _loop(self, store: Store, kubelet: Kubelet) -> None:
         while not self.stop.is_set():
-            if self.exit_with is not None and not _alive(self.exit_with):
+            if self.exit_with is not None and not process_alive(self.exit_with):
                 log.warning("process %d is gone: shutting down", self.exit_with)
                 return
             with contextlib.suppress(asyncio.TimeoutError):

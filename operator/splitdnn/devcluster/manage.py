@@ -44,19 +44,24 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
     return state
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, which no one reaped yet, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def running(state_dir: Path) -> dict[str, Any] | None:
     state = read_state(state_dir)
-    return state if state is not None and _alive(int(state["pid"])) else None
+    return state if state is not None and process_alive(int(state["pid"])) else None
 
 
 def start(state_dir: Path, config: Path | None = None,
@@ -98,15 +103,15 @@ def stop(state_dir: Path, timeout_s: float = 15.0) -> bool:
     """Stop the daemon and remove everything it made; True if something was running."""
     state = read_state(state_dir)
     was_running = False
-    if state is not None and _alive(int(state["pid"])):
+    if state is not None and process_alive(int(state["pid"])):
         was_running = True
         pid = int(state["pid"])
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.05)
-        if _alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _reap(pid)
