@@ -181,15 +181,23 @@ def test_readiness_probe_and_headless_service_endpoints(api: Api, namespace: str
                           lambda d: d["status"].get("readyReplicas") == 2)
     assert deploy["status"]["observedGeneration"] == deploy["metadata"]["generation"]
     if devcluster["networkIsolated"]:  # cluster DNS and the pod's own hostname
-        lookup = ("import socket; print(sorted(socket.gethostbyname_ex('web')[2]), "
-                  "socket.gethostname())")
         api.ok("POST", f"/api/v1/namespaces/{namespace}/pods", {
             "metadata": {"name": "lookup"}, "spec": {"restartPolicy": "Never", "containers": [
-                {"name": "main", "image": PY, "command": [PY, "-c", lookup]}]}})
+                {"name": "main", "image": PY, "command": [PY, "-c", LOOKUP],
+                 "env": [{"name": "NS", "value": namespace}]}]}})
         api.wait_for(f"/api/v1/namespaces/{namespace}/pods/lookup",
                      lambda p: _phase_of(p) == "Succeeded", what="the DNS lookup pod")
         log = api.request("GET", f"/api/v1/namespaces/{namespace}/pods/lookup/log").text
-        assert log == f"{ips} lookup\n"
+        assert log == f"{ips} lookup\nNone\n"  # the API too, from inside the pod
+
+
+LOOKUP = """
+import os, socket, kubernetes
+print(sorted(socket.gethostbyname_ex('web')[2]), socket.gethostname())
+kubernetes.config.load_kube_config()
+core = kubernetes.client.CoreV1Api()
+print(core.read_namespaced_service('web', os.environ['NS']).spec.cluster_ip)
+"""
 
 
 def _pod_dir(api: Api, namespace: str, pod: str) -> Path:

@@ -124,6 +124,9 @@ class Daemon:
     def _publish(self, port: int, layout: isolation.Layout) -> None:
         server = f"http://127.0.0.1:{port}"
         (self.state_dir / "kubeconfig").write_text(kubeconfig(server))
+        # what pods use (as KUBECONFIG): the API as their network namespace reaches it
+        (self.state_dir / "kubeconfig-pods").write_text(
+            kubeconfig(f"http://{layout.gateway_ip}:{port}"))
         state = {"pid": os.getpid(), "server": server, "port": port,
                  "kubeconfig": str(self.state_dir / "kubeconfig"),
                  "clusterId": self.cluster_id, "config": self.config.source,

@@ -338,7 +338,10 @@ class Kubelet:
         env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                "HOME": os.environ.get("HOME", "/root"), "HOSTNAME": run.name,
                "KUBERNETES_SERVICE_HOST": self.layout.gateway_ip,
-               "KUBERNETES_SERVICE_PORT": str(self.api_port), "PYTHONUNBUFFERED": "1"}
+               "KUBERNETES_SERVICE_PORT": str(self.api_port), "PYTHONUNBUFFERED": "1",
+               # no service-account token files here: in-cluster clients (kopf, the
+               # kubernetes client) fall back to this kubeconfig
+               "KUBECONFIG": str(self.state_dir / "kubeconfig-pods")}
         for key in ("SPLITDNN_CACHE_DIR", "PYTHONPATH", "LANG"):
             if key in os.environ:
                 env[key] = os.environ[key]
