@@ -55,7 +55,7 @@ def down() -> None:
 
 @devcluster_app.command("env")
 def env() -> None:
-    """Print ``export KUBECONFIG=...`` for the running devcluster."""
+    """Print export KUBECONFIG=... for the running devcluster."""
     state = _running()
     typer.echo(f"export KUBECONFIG={state['kubeconfig']}")
 
