@@ -188,12 +188,6 @@ class ProblemArrays:
     def segments(self) -> int:
         return int(self.output_bytes.shape[0])
 
-    def transfer_ms(self, src: int, dst: int, size: float) -> float:
-        """Link latency plus serialisation; 0 on the same tier."""
-        if src == dst:
-            return 0.0
-        return float(self.link_ms[src, dst] + size * self.ms_per_byte[src, dst])
-
 
 def problem_arrays(problem: Problem) -> ProblemArrays:
     """Compile the problem into arrays (missing energies count as 0)."""
