@@ -107,9 +107,11 @@ Dataset: `{store.directory}`, {len(profiles)} hardware classes ({', '.join(profi
 {signatures} distinct segment signatures = {entries} measured cells, from {len(models)}
 torchvision models ({', '.join(name.removeprefix('torchvision:') for name in models)}), every
 segment profiled (P = 1) by `bench/collect_profiles.py`: ONNX Runtime CPU with 1 or 2
-threads, and under CFS quotas of 25 % / 50 % of a core (cgroup v1, 5 ms period); medians of
-15 samples of at least 10 ms each. No GPU was lent for this work, so there are no GPU
-classes and no energy (no meter here: every `energy_mj` is null). Measurement repeatability
+threads, and under CFS quotas of 25 % / 50 % of a core (cgroup v1, 5 ms period); thread-pool
+spinning off as the runtime deploys blocks; the latency is the minimum (least-disturbed) of
+15 samples of at least 10 ms CPU work each, not the median, because of the load. No GPU
+was lent for this work, so there are no GPU classes and no energy (no meter here: every
+`energy_mj` is null). Measurement repeatability
 (median deviation of a signature measured in two models from its merged value): {noise}.
 
 Each row averages {seeds} seeds of `splitdnn predict-eval --fraction P --seed S`: per class,

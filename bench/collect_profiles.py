@@ -6,9 +6,9 @@ its ``splitdnn profile`` processes inside its own cgroup (v1 ``cpu.cfs_quota_us`
 ``cpu.max``, whichever this machine has; creating one needs root). Models are the outer
 loop and classes the inner one, so that the load from other work on a shared machine
 spreads over all classes instead of biasing one. For the same reason the latency is the
-*minimum* of the samples (the least-disturbed one) rather than the median: unthrottled
-classes time single runs, quota classes samples of at least ``--min-sample-ms`` (two CFS
-periods), so both measure the sustained speed of an otherwise idle node.
+*minimum* of the samples (the least-disturbed one) rather than the median. Every sample is
+at least ``--min-sample-ms`` of CPU work (back-to-back runs; two CFS periods of the quota
+classes), so all classes measure the sustained speed of an otherwise idle node.
 
 Every model's profile goes to ``RAW/CLASS/MODEL.json``; the per-class merges (see
 ``splitdnn.profiling.merge_profiles``) go to ``OUT/CLASS.json``::
@@ -97,7 +97,7 @@ def profile_command(
         str(Path(sys.executable).with_name("splitdnn")), "profile", f"torchvision:{model}",
         "--out", str(out), "--hardware-class", hw.name, "--threads", str(hw.threads),
         "--sample-fraction", str(args.sample_fraction), "--repeats", str(args.repeats),
-        "--min-sample-ms", str(args.min_sample_ms if hw.quota else 0.0),
+        "--min-sample-ms", str(args.min_sample_ms),
         "--statistic", args.statistic, "--json",
     ]
 
@@ -142,9 +142,9 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--classes", default=",".join(hw.name for hw in CLASSES))
     parser.add_argument("--sample-fraction", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--min-sample-ms", type=float, default=10.0,
-                        help="sample length for the quota classes (others time single runs)")
+                        help="CPU work per sample (two CFS periods of the quota classes)")
     parser.add_argument("--statistic", default="min", choices=["median", "min"])
     parser.add_argument("--merge-only", action="store_true")
     args = parser.parse_args()

@@ -170,3 +170,25 @@ def test_evaluate_rejects_profiles_without_features() -> None:
         profile.entries["sig2"].features = None
     with pytest.raises(ValueError, match="features"):
         evaluate(profiles, 0.5)
+
+
+def test_a_new_class_from_a_real_sample_needs_no_other_profiling(tmp_path: Path) -> None:
+    """Drop one class to a 30 % sample under a new name: CF fills in the other 70 %."""
+    store = ProfileStore(DATA)
+    source = store.classes[1]
+    rng = np.random.default_rng(0)
+    full = store.profiles.pop(source)
+    keys = sorted(full.entries)
+    sample = set(rng.choice(keys, size=round(0.3 * len(keys)), replace=False).tolist())
+    newcomer = Profile("newcomer", "node", full.runtime,
+                       {key: full.entries[key] for key in sample}, full.created)
+    for profile in store.profiles.values():
+        profile.save(tmp_path / f"{profile.hardware_class}.json")
+    newcomer.save(tmp_path / "newcomer.json")
+    from splitdnn.predict import CostPredictor
+
+    predictor = CostPredictor(ProfileStore(tmp_path).profiles)
+    errors = [abs(math.log(predictor.segment_cost("newcomer", key)["latency_ms"]
+                           / full.entries[key].latency_ms))
+              for key in keys if key not in sample]
+    assert float(np.median(errors)) < math.log(1.5)

@@ -35,6 +35,9 @@ class FittedQuantity:
     model: FactorModel
 
     def value(self, hardware_class: str, signature: str) -> tuple[float, str]:
+        if signature not in self.matrix.signatures:
+            raise ProfileError(f"signature {signature!r} is in no profile: pass its features "
+                               f"to CostPredictor(extra=...) to predict it")
         row = self.matrix.classes.index(hardware_class)
         col = self.matrix.signatures.index(signature)
         measured = self.matrix.observed.get((row, col))

@@ -178,15 +178,20 @@ class _SegmentRunner:
 def _runs_per_sample(
     session: Any, feed: dict[str, np.ndarray], warmup: int, min_sample_ms: float
 ) -> int:
-    """Warm up; then how many back-to-back runs one timed sample needs to last min_sample_ms."""
-    timings = []
+    """Warm up; then how many back-to-back runs make ``min_sample_ms`` of CPU work.
+
+    Sized by CPU time, not wall time: under a quota the warm-up runs are themselves
+    throttled, and sizing by their wall time would leave samples of one short run, which
+    the cgroup's leftover runtime sometimes lets through unthrottled.
+    """
+    cpu_ms = []
     for _ in range(max(warmup, 1 if min_sample_ms > 0 else 0)):
-        began = time.perf_counter()
+        began = time.process_time()
         session.run(None, feed)
-        timings.append((time.perf_counter() - began) * 1000.0)
+        cpu_ms.append((time.process_time() - began) * 1000.0)
     if min_sample_ms <= 0:
         return 1
-    return max(1, math.ceil(min_sample_ms / max(statistics.median(timings), 1e-3)))
+    return max(1, math.ceil(min_sample_ms / max(statistics.median(cpu_ms), 1e-3)))
 
 
 def _energy_per_run(
