@@ -153,11 +153,11 @@ def _link_table(data: dict[str, Any], out: Path) -> Table:
 
     linear = data["fits"]["linear"]
     polynomial = data["fits"].get("polynomial")
-    title = (f"{data['endpoint']} -> {out}: linear {linear['latency_ms']:.3f} ms + bytes / "
-             f"{linear['bandwidth_mb_s']:.0f} MB/s (MAPE {linear['mape']:.1f} %)")
+    caption = (f"linear: {linear['latency_ms']:.3f} ms + bytes / {linear['bandwidth_mb_s']:.0f} "
+               f"MB/s, MAPE {linear['mape']:.1f} %")
     if polynomial is not None:
-        title += f"; degree-{polynomial['degree']} polynomial MAPE {polynomial['mape']:.1f} %"
-    table = Table(title=title)
+        caption += f"\ndegree-{polynomial['degree']} polynomial: MAPE {polynomial['mape']:.1f} %"
+    table = Table(title=f"{data['endpoint']} -> {out}", caption=caption)
     for column in ("size", "round trip ms", "polynomial ms", "linear ms"):
         table.add_column(column, justify="right")
     linear_only = {"fits": {"linear": linear}}
