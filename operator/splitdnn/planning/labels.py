@@ -127,6 +127,10 @@ def pareto_rows(values: np.ndarray) -> np.ndarray:
         second = values[order, 1]
         best_before = np.concatenate(([np.inf], np.minimum.accumulate(second)[:-1]))
         return np.sort(order[second < best_before])
+    if dims == 3:
+        grouped = _pareto_3d_by_group(values)
+        if grouped is not None:
+            return grouped
     # In lexicographic order a row can only be dominated by an earlier one, so the first
     # remaining row is on the front; it removes every row it dominates (and its duplicates).
     order = np.lexsort(values.T[::-1])
@@ -138,6 +142,33 @@ def pareto_rows(values: np.ndarray) -> np.ndarray:
         kept.append(first)
         remaining = remaining[~np.all(ranked[remaining] >= ranked[first], axis=1)]
     return np.sort(order[kept])
+
+
+def _pareto_3d_by_group(values: np.ndarray, max_groups: int = 48) -> np.ndarray | None:
+    """Three columns, one with few distinct values (stages, say): a 2-D front per value, each
+    thinned by the fronts of the smaller values with a staircase lookup. None when every
+    column has too many distinct values for this to pay."""
+    distinct = [np.unique(values[:, c]) for c in range(3)]
+    column = min(range(3), key=lambda c: distinct[c].size)
+    if distinct[column].size > max_groups:
+        return None
+    x, y = [c for c in range(3) if c != column]
+    kept: list[np.ndarray] = []
+    below_x = np.zeros(0)
+    below_y = np.zeros(0)
+    for value in distinct[column]:
+        rows = np.flatnonzero(values[:, column] == value)
+        rows = rows[pareto_rows(values[rows][:, [x, y]])]
+        if below_x.size:
+            before = np.searchsorted(below_x, values[rows, x], side="right") - 1
+            lowest = np.minimum.accumulate(below_y)
+            beaten = (before >= 0) & (lowest[np.maximum(before, 0)] <= values[rows, y])
+            rows = rows[~beaten]
+        kept.append(rows)
+        order = np.argsort(np.concatenate([below_x, values[rows, x]]), kind="stable")
+        below_x = np.concatenate([below_x, values[rows, x]])[order]
+        below_y = np.concatenate([below_y, values[rows, y]])[order]
+    return np.sort(np.concatenate(kept))
 
 
 def _slack(limit: float) -> float:
