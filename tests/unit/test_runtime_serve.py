@@ -283,3 +283,21 @@ def test_demo_splits_verifies_and_serves(tmp_path: Path) -> None:
     for row in rows:
         error = float(row.strip("│ ").split("│")[-1])
         assert error <= ATOL
+
+
+def test_a_block_that_cannot_load_fails_serve_at_once(resnet18_split: Path,
+                                                       tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    from splitdnn.runtime.serve import WorkerDied
+
+    broken = tmp_path / "broken"
+    shutil.copytree(resnet18_split, broken)
+    (broken / "block_1.onnx").write_bytes(b"truncated")
+    before = set(_worker_pids())
+    started = time.monotonic()
+    with pytest.raises(WorkerDied, match=r"worker 1 \(block_1.onnx\) failed to start"):
+        ServeThread(broken, ServeOptions(http_port=0))
+    assert time.monotonic() - started < 60
+    assert set(_worker_pids()) <= before, "workers left behind"

@@ -16,6 +16,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,21 +119,26 @@ class Pipeline:
         self.processes: list[Any] = []
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Start every worker and wait until each reports ready; a worker that fails or dies
+        while loading is reported at once, naming it."""
         pipes = []
         for config in self.configs:
             parent, child = self.context.Pipe(duplex=False)
             process = self.context.Process(target=_worker_main, args=(config, child),
                                            name=f"splitdnn-worker-{config.stage}", daemon=True)
             process.start()
+            child.close()  # the worker holds the only write end: its death is EOF here
             self.processes.append(process)
             pipes.append(parent)
+        until = time.monotonic() + timeout_s
         for config, process, pipe in zip(self.configs, self.processes, pipes, strict=True):
-            if not pipe.poll(timeout_s):
+            if not pipe.poll(max(until - time.monotonic(), 0)):
                 raise WorkerDied(f"worker {config.stage} did not become ready in {timeout_s} s")
             try:
                 status, detail = pipe.recv()
             except EOFError:
-                status, detail = "failed", f"exit code {process.exitcode}"
+                process.join(5)
+                status, detail = "failed", f"it exited with code {process.exitcode}"
             if status != "ready":
                 raise WorkerDied(f"worker {config.stage} ({config.block.name}) failed to "
                                  f"start: {detail}")
