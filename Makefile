@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools test test-fast demo crds manifests chart-test lint bench bench-runtime bench-sweep bench-predict bench-planning profiles clean
+.PHONY: setup tools test test-fast demo crds manifests chart-test lint bench bench-runtime bench-sweep bench-predict bench-planning bench-code profiles clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,10 @@ bench-predict: setup
 # Planner times (300-segment, 4-tier problem) and the task-stream sweeps of paper 003 (~10 min).
 bench-planning: setup
 	$(BIN)/python bench/bench_planning.py --write docs/benchmarks.md
+
+# CoDE on scikit-learn's digits: paths, trained vs random host, link size, Algorithm 1 (~3 min).
+bench-code: setup
+	$(BIN)/python bench/bench_code.py --write docs/benchmarks.md
 
 # Re-collect that dataset: 5 CPU classes (threads, cgroup CPU quotas; needs root), ~30 min.
 profiles: setup

@@ -72,7 +72,9 @@ def code_search_command(
     link: Annotated[str, typer.Option("--link", help="conv | bottleneck | reduced")] = "conv",
     width: Annotated[int | None, typer.Option("--width", min=1,
                                               help="Inner width of reduced links")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Link training epochs")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Link training epochs")] = 5,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=1e-6, max=1.0,
+                                                 help="Adam step size")] = 1e-2,
     skip: Annotated[bool, typer.Option("--skip/--no-skip",
                                        help="Also consider local skip-connections")] = True,
     as_json: JsonOpt = False,
@@ -91,7 +93,7 @@ def code_search_command(
     try:
         setting = StreamSetting(local_batch=local_batch, host_batch=host_batch, offloaded=s)
         session = prepare(local, host, data, blocks_local, blocks_host, setting,
-                          link, width, TrainingConfig(epochs=epochs), skip)  # type: ignore[arg-type]
+                          link, width, TrainingConfig(epochs, learning_rate), skip)  # type: ignore[arg-type]
         objective = Objective(session.main_accuracy, a_min, k)
         result = exhaustive_search(session.throughputs, session.evaluator(), objective) \
             if exhaustive else code_search(session.throughputs, session.evaluator(), objective,

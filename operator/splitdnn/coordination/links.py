@@ -5,13 +5,16 @@ and an input of shape ``target`` (shapes without the batch dimension) is
 
 - ``conv`` (the paper's rule): a 3×3 convolution when the shapes differ (after resampling
   the spatial size when that differs too), a bottleneck convolution when they are equal;
-- ``bottleneck``: always a bottleneck, 1×1 down to a quarter of the channels, ReLU, 3×3 up;
+- ``bottleneck``: always a bottleneck, 1×1 down to a quarter of the channels, 3×3 up;
 - ``reduced``: the bottleneck with a given narrow inner ``width`` (the paper's reduced-25 and
   reduced-5 links).
 
-Feature vectors (``(F,)`` shapes, after a flatten) get the linear-layer equivalents; an image
-tensor going into a vector is average-pooled to 1×1 first, and a vector going into an image
-tensor is expanded by a linear layer and reshaped.
+There is no activation inside a link (the paper's links are "two CNN layers"): with a ReLU
+between the two convolutions, narrow links often died during training and scored chance.
+
+Feature vectors (``(F,)`` shapes, after a flatten) get the linear-layer equivalents; a
+feature map going into a vector is average-pooled to 2×2 and flattened first, and a vector
+going into a feature map is expanded by a linear layer and reshaped.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ Shape = tuple[int, ...]
 Architecture = Literal["conv", "bottleneck", "reduced"]
 ARCHITECTURES: tuple[Architecture, ...] = ("conv", "bottleneck", "reduced")
 BOTTLENECK_DIVISOR = 4
+POOLED_SIDE = 2  # a feature map entering a vector keeps a 2×2 layout (1×1 loses "where")
 
 
 class Resample(nn.Module):
@@ -72,8 +76,9 @@ def make_link(source: Shape, target: Shape, architecture: Architecture = "conv",
     if len(source) == 3 and len(target) == 3:
         return _map_to_map(source, target, mid)
     if len(source) == 3:
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
-                             _vector_to_vector(source[0], target[0], mid))
+        side = min(POOLED_SIDE, source[1], source[2])
+        return nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten(1),
+                             _vector_to_vector(source[0] * side * side, target[0], mid))
     if len(target) == 3:
         return nn.Sequential(_vector_to_vector(source[0], target[0] * target[1] * target[2], mid),
                              nn.Unflatten(1, tuple(target)))
@@ -87,7 +92,7 @@ def _map_to_map(source: Shape, target: Shape, mid: int | None) -> nn.Module:
     if mid is None:
         layers.append(nn.Conv2d(source[0], target[0], kernel_size=3, padding=1))
     else:
-        layers += [nn.Conv2d(source[0], mid, kernel_size=1), nn.ReLU(),
+        layers += [nn.Conv2d(source[0], mid, kernel_size=1),
                    nn.Conv2d(mid, target[0], kernel_size=3, padding=1)]
     return nn.Sequential(*layers)
 
@@ -95,7 +100,7 @@ def _map_to_map(source: Shape, target: Shape, mid: int | None) -> nn.Module:
 def _vector_to_vector(source: int, target: int, mid: int | None) -> nn.Module:
     if mid is None:
         return nn.Linear(source, target)
-    return nn.Sequential(nn.Linear(source, mid), nn.ReLU(), nn.Linear(mid, target))
+    return nn.Sequential(nn.Linear(source, mid), nn.Linear(mid, target))
 
 
 def parameter_count(module: nn.Module) -> int:

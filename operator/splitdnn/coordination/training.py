@@ -23,8 +23,8 @@ from splitdnn.coordination.threads import single_thread
 class TrainingConfig:
     """Optimiser settings for the links (Adam, cross-entropy)."""
 
-    epochs: int = 3
-    learning_rate: float = 3e-3
+    epochs: int = 5
+    learning_rate: float = 1e-2
     batch_size: int = 32
     seed: int = 0
 
