@@ -195,3 +195,22 @@ def test_a_new_class_from_a_real_sample_needs_no_other_profiling(
     predicted = sum(cost["latency_ms"] for cost in costs.values())
     truth = sum(entry.latency_ms for entry in full.entries.values())
     assert abs(predicted / truth - 1) < 0.2
+
+
+def test_energy_is_predicted_only_for_classes_with_a_meter() -> None:
+    profiles = synthetic_profiles(4, 40, seed=6)
+    for name in ("class0", "class1", "class2"):  # class3 has no meter: energy stays null
+        for entry in profiles[name].entries.values():
+            entry.energy_mj = 3.0 * entry.latency_ms
+    truth = profiles["class2"].entries.pop("sig7")
+    from splitdnn.predict import CostPredictor
+
+    predictor = CostPredictor(profiles)
+    hidden = predictor.segment_cost("class2", "sig7")
+    assert hidden["energy_source"] == "predicted" and hidden["source"] == "predicted"
+    assert hidden["energy_mj"] == pytest.approx(truth.energy_mj, rel=0.25)
+    assert predictor.segment_cost("class3", "sig7")["energy_mj"] is None
+    result = evaluate(profiles, 0.5, seed=0)
+    assert result["energy"] is not None
+    assert {"cf", "baseline", "n_hidden"} <= set(result["energy"])
+    assert set(result["energy"]["cf"]) == {"rmse_mj", "mape"}

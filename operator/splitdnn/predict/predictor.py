@@ -190,6 +190,8 @@ def _baseline_predictions(
     result = np.empty(len(hidden))
     for row in range(len(matrix.classes)):
         train = [cell for cell in kept if cell[0] == row]
+        if not train:  # a class without this quantity (no energy meter): nothing hidden either
+            continue
         regression = fit_class_regression([features[matrix.signatures[col]] for _, col in train],
                                           [matrix.observed[cell] for cell in train])
         targets = [index for index, cell in enumerate(hidden) if cell[0] == row]
