@@ -241,8 +241,21 @@ def test_profile_command_writes_the_contract_and_rejects_bad_options(tmp_path: P
     assert data["runtime"]["provider"] == "cpu"
     assert len(data["entries"]) == len({sig.key for sig in model_signatures(
         analyse_model(model))})
-    for option, value in (("--sample-fraction", "1.5"), ("--repeats", "0"),
-                          ("--statistic", "mean"), ("--provider", "tpu")):
+    bad_options = [("--sample-fraction", "1.5"), ("--repeats", "0"), ("--statistic", "mean"),
+                   ("--provider", "tpu")]
+    if not _cuda_works():  # never record CPU timings under a cuda class
+        bad_options.append(("--provider", "cuda"))
+    for option, value in bad_options:
         bad = runner.invoke(app, ["profile", str(model), "--out", str(out), option, value])
         assert bad.exit_code == 2
         assert option in bad.stderr
+
+
+def _cuda_works() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return bool(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        return False

@@ -231,9 +231,16 @@ def make_session(model: bytes, provider: str, threads: int | None) -> Any:
     for scope in ("intra_op", "inter_op"):
         options.add_session_config_entry(f"session.{scope}.allow_spinning", "0")
     try:
-        return ort.InferenceSession(model, options, providers=[PROVIDERS[provider]])
+        session = ort.InferenceSession(model, options, providers=[PROVIDERS[provider]])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
         raise ProfileError(f"ONNX Runtime cannot load a segment: {error}") from error
+    if PROVIDERS[provider] not in session.get_providers():
+        # ORT falls back to the CPU when CUDA cannot start (no GPU, no driver, no cuDNN):
+        # a "cuda" profile of CPU timings would be worse than none.
+        raise ProfileError(f"--provider {provider}: ONNX Runtime could not start "
+                           f"{PROVIDERS[provider]} here (it would run on "
+                           f"{', '.join(session.get_providers())})")
+    return session
 
 
 def runtime_info(
