@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from splitdnn.coordination import CoordinationError, Path, enumerate_paths, parse_path, skip_path
+from splitdnn.coordination import (
+    CoordinationError,
+    FrozenParameterChanged,
+    Path,
+    enumerate_paths,
+    parse_path,
+    skip_path,
+)
 from splitdnn.coordination.blocks import decompose
 from splitdnn.coordination.compose import PathModel, parameter_budget
 from splitdnn.coordination.data import Task
@@ -217,6 +224,28 @@ def test_training_lowers_the_loss_and_leaves_frozen_blocks_unchanged(models: tup
     assert any("running_mean" in name for name in frozen_before)
     assert all(torch.equal(after[name], value) for name, value in frozen_before.items())
     assert any(not torch.equal(model.links.state_dict()[n], v) for n, v in links_before.items())
+
+
+class CountingLayer(nn.Module):
+    """Identity that counts its calls in a buffer: a block that changes state as it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+def test_training_detects_a_block_that_changed() -> None:
+    model = small_cnn(8)
+    layers = list(model)
+    stateful = nn.Sequential(*layers[:2], CountingLayer(), *layers[2:])
+    local = decompose(stateful, 3, (1, 8, 8), "stateful")
+    path_model = PathModel(local, None, skip_path(1, 2))
+    with pytest.raises(FrozenParameterChanged, match=r"changed frozen .*calls"):
+        train_links(path_model, synthetic_task(48), TrainingConfig(epochs=1))
 
 
 def test_training_refuses_unfrozen_blocks(models: tuple) -> None:
