@@ -11,6 +11,7 @@ from splitdnn.cli import (  # noqa: F401  (imported for their commands)
     coordination,
     devcluster,
     graph,
+    operator,
     planning,
     profiling,
     runtime,

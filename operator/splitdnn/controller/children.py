@@ -1,0 +1,304 @@
+"""Child objects of DNNServices and SplitPlans, built by pure functions (no API calls).
+
+Each builder returns a plain manifest dict; ``kube.adopt`` sets the owner and ``kube.Kube.apply``
+applies it. Stage objects carry a *revision* (a digest of what the stage runs), so a changed
+plan gets new Deployments and Services beside the old ones: make-before-break.
+
+Stage pods share a working directory between the init container (``splitdnn fetch-block``
+writes ``block/block.onnx``) and the worker: an ``emptyDir`` mounted at ``/work`` as
+``workingDir`` on a real cluster; the devcluster runs every container of a pod in the pod's
+own directory, which gives the same sharing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from splitdnn.controller.config import OperatorConfig
+
+Obj = dict[str, Any]
+MANAGED_BY = {"app.kubernetes.io/managed-by": "splitdnn-operator"}
+WORKDIR = "/work"
+GATEWAY_MANIFEST_ENV = "SPLITDNN_GATEWAY_MANIFEST"
+BLOCK_DIR = "block"
+JOB_POD_FAILURE_POLICY = {"rules": [
+    # exit code 2 is bad input (unknown model, bad shape): retrying cannot help
+    {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In",
+                                           "values": [2]}},
+    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+]}
+
+
+def digest(*parts: Any, length: int = 8) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def pod_security() -> Obj:
+    """Pod-level half of Pod Security "restricted"."""
+    return {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security() -> Obj:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def workdir_volume() -> tuple[list[Obj], list[Obj]]:
+    return [{"name": "work", "emptyDir": {}}], [{"name": "work", "mountPath": WORKDIR}]
+
+
+def model_args(model: Obj) -> list[str]:
+    """``--input-shape`` (and nothing else) as the graph commands take it."""
+    shape = model.get("inputShape")
+    return ["--input-shape", ",".join(str(d) for d in shape)] if shape else []
+
+
+def container(name: str, image: str, args: list[str], **extra: Any) -> Obj:
+    _, mounts = workdir_volume()
+    return {"name": name, "image": image, "args": args, "workingDir": WORKDIR,
+            "volumeMounts": mounts, "securityContext": container_security(), **extra}
+
+
+# ---- Jobs of a DNNService ------------------------------------------------------------------
+def job(name: str, namespace: str, labels: dict[str, str], image: str, args: list[str],
+        node_selector: dict[str, str] | None = None,
+        tolerations: list[Obj] | None = None) -> Obj:
+    volumes, _ = workdir_volume()
+    pod: Obj = {"restartPolicy": "Never", "securityContext": pod_security(),
+                "volumes": volumes, "containers": [container("main", image, args)]}
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": {**MANAGED_BY, **labels}},
+        "spec": {"backoffLimit": 2, "podFailurePolicy": JOB_POD_FAILURE_POLICY,
+                 "template": {"metadata": {"labels": {**MANAGED_BY, **labels}}, "spec": pod}},
+    }
+
+
+def analysis_key(model: Obj) -> str:
+    return digest(model.get("source"), model.get("sha256"), model.get("inputShape"),
+                  model.get("dtype"))
+
+
+def build_analysis_job(service: Obj, image: str) -> Obj:
+    """``splitdnn model-facts``: layers, segments, signatures and the model digest as JSON."""
+    model = service["spec"]["model"]
+    key = analysis_key(model)
+    meta = service["metadata"]
+    args = ["model-facts", model["source"], *model_args(model)]
+    if model.get("sha256"):
+        args += ["--sha256", model["sha256"]]
+    return job(f"{meta['name'][:40]}-analyse-{key}", meta["namespace"],
+               {"splitdnn.io/service": meta["name"], "splitdnn.io/job": "analyse"},
+               image, args)
+
+
+def build_profile_job(service: Obj, hardware_class: str, node: str, image: str,
+                      tolerations: list[Obj], config: OperatorConfig) -> Obj:
+    """A sampled segment profile (paper 004) of the model, pinned to one node of the class."""
+    model = service["spec"]["model"]
+    meta = service["metadata"]
+    key = digest(analysis_key(model), hardware_class)
+    threads = (service["spec"].get("runtime") or {}).get("threads")
+    args = ["profile", model["source"], "--out", "profile.json", "--json",
+            "--sample-fraction", str(config.profile_fraction), "--seed", "0",
+            "--hardware-class", hardware_class, "--repeats", str(config.profile_repeats),
+            "--warmup", "1", "--min-sample-ms", str(config.profile_min_sample_ms),
+            *model_args(model)]
+    if threads:
+        args += ["--threads", str(threads)]
+    return job(f"{meta['name'][:30]}-profile-{hardware_class[:16]}-{key[:6]}",
+               meta["namespace"],
+               {"splitdnn.io/service": meta["name"], "splitdnn.io/job": "profile",
+                "splitdnn.io/hardware-class": hardware_class},
+               image, args, {"kubernetes.io/hostname": node}, tolerations)
+
+
+def build_configmap(name: str, namespace: str, labels: dict[str, str],
+                    data: dict[str, str]) -> Obj:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {**MANAGED_BY, **labels}},
+            "data": data}
+
+
+# ---- stages of a SplitPlan -----------------------------------------------------------------
+def stage_revision(service_spec: Obj, stage: Obj) -> str:
+    """What a stage pod runs; a change means a new Deployment (make-before-break)."""
+    runtime = service_spec.get("runtime") or {}
+    return digest(service_spec["model"], stage["layers"], stage["tier"],
+                  stage.get("nodeSelector"), stage.get("blockSha256"), stage.get("exit"),
+                  runtime.get("image"), runtime.get("threads"), runtime.get("batching"),
+                  length=6)
+
+
+def stage_object_name(plan_name: str, stage: Obj, revision: str) -> str:
+    return f"{plan_name[:40]}-{stage['name'][:14]}-{revision}"
+
+
+def stage_host(name: str, namespace: str) -> str:
+    return f"{name}.{namespace}.svc.cluster.local"
+
+
+def stage_labels(service: str, plan: str, stage: str, revision: str) -> dict[str, str]:
+    return {**MANAGED_BY, "splitdnn.io/service": service, "splitdnn.io/plan": plan,
+            "splitdnn.io/stage": stage, "splitdnn.io/revision": revision}
+
+
+def worker_args(stage: Obj, next_host: str | None, service_spec: Obj,
+                config: OperatorConfig) -> list[str]:
+    runtime = service_spec.get("runtime") or {}
+    batching = runtime.get("batching") or {}
+    args = ["worker", "--block", f"{BLOCK_DIR}/block.onnx",
+            "--listen", f"tcp://0.0.0.0:{config.worker_port}", "--stage", stage["name"],
+            "--metrics-port", str(config.metrics_port),
+            "--max-batch", str(batching.get("maxBatch", 1)),
+            "--max-delay-ms", str(batching.get("maxDelayMs", 0))]
+    if next_host:
+        args += ["--next", f"dns+tcp://{next_host}:{config.worker_port}"]
+    if runtime.get("threads"):
+        args += ["--threads", str(runtime["threads"])]
+    return args
+
+
+def fetch_args(stage: Obj, model: Obj) -> list[str]:
+    first, last = stage["layers"]
+    args = ["fetch-block", "--model", model["source"], "--layers", f"{first},{last}",
+            "--out", BLOCK_DIR]
+    if model.get("sha256"):
+        args += ["--sha256", model["sha256"]]
+    if stage.get("blockSha256"):
+        args += ["--block-sha256", stage["blockSha256"]]
+    shape = model.get("inputShape")
+    if shape:
+        args += ["--input-shape", ",".join(str(d) for d in shape)]
+    return args
+
+
+def build_stage_deployment(plan: Obj, stage: Obj, service_spec: Obj, revision: str,
+                           next_host: str | None, image: str, config: OperatorConfig) -> Obj:
+    """One stage: init container cuts out the block (digest checked), worker serves it."""
+    meta = plan["metadata"]
+    name = stage_object_name(meta["name"], stage, revision)
+    labels = stage_labels(plan["spec"]["serviceRef"]["name"], meta["name"], stage["name"],
+                          revision)
+    runtime = service_spec.get("runtime") or {}
+    volumes, _ = workdir_volume()
+    worker = container(
+        "worker", image, worker_args(stage, next_host, service_spec, config),
+        ports=[{"name": "zmq", "containerPort": config.worker_port},
+               {"name": "metrics", "containerPort": config.metrics_port}],
+        readinessProbe={"httpGet": {"path": "/readyz", "port": config.metrics_port},
+                        "periodSeconds": 1, "failureThreshold": 3},
+        # the endpoint leaves the headless Service before SIGTERM starts the drain
+        lifecycle={"preStop": {"sleep": {"seconds": 2}}},
+        resources=runtime.get("resources") or {})
+    pod: Obj = {
+        "securityContext": pod_security(), "volumes": volumes,
+        "terminationGracePeriodSeconds": 10,
+        "nodeSelector": stage.get("nodeSelector") or {},
+        "initContainers": [container("fetch-block", image,
+                                     fetch_args(stage, service_spec["model"]))],
+        "containers": [worker],
+    }
+    if stage.get("tolerations"):
+        pod["tolerations"] = stage["tolerations"]
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels},
+        "spec": {"replicas": stage.get("replicas", 1),
+                 "selector": {"matchLabels": labels},
+                 "strategy": {"type": "RollingUpdate",
+                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                 "template": {"metadata": {"labels": labels}, "spec": pod}},
+    }
+
+
+def build_stage_service(plan: Obj, stage: Obj, revision: str, config: OperatorConfig) -> Obj:
+    """Headless: ``dns+tcp://`` resolves it to every ready replica."""
+    meta = plan["metadata"]
+    labels = stage_labels(plan["spec"]["serviceRef"]["name"], meta["name"], stage["name"],
+                          revision)
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": stage_object_name(meta["name"], stage, revision),
+                     "namespace": meta["namespace"], "labels": labels},
+        "spec": {"clusterIP": "None", "selector": labels,
+                 "ports": [{"name": "zmq", "port": config.worker_port,
+                            "targetPort": config.worker_port}]},
+    }
+
+
+# ---- the gateway of a DNNService -----------------------------------------------------------
+def gateway_name(service: str) -> str:
+    return f"{service[:52]}-gateway"
+
+
+def gateway_url(service: str, namespace: str, config: OperatorConfig) -> str:
+    return f"http://{gateway_name(service)}.{namespace}.svc.cluster.local:{config.gateway_port}"
+
+
+def gateway_manifest(analysis: Obj, stages: list[Obj]) -> Obj:
+    """The split manifest the gateway reads: model name, input, output, one entry per block."""
+    return {"model": analysis["model"], "input": analysis["input"],
+            "output": analysis["output"],
+            "blocks": [{"layers": s["layers"], "batch_free": False} for s in stages]}
+
+
+def build_gateway_deployment(service: Obj, plan_name: str, first_host: str, manifest: Obj,
+                             image: str, config: OperatorConfig, node_selector: dict[str, str],
+                             tolerations: list[Obj]) -> Obj:
+    """The OIP v2 gateway on the source tier, sending to the plan's first stage."""
+    meta = service["metadata"]
+    name = gateway_name(meta["name"])
+    selector = {**MANAGED_BY, "splitdnn.io/service": meta["name"],
+                "splitdnn.io/component": "gateway"}
+    volumes, _ = workdir_volume()
+    gateway = container(
+        "gateway", image,
+        ["plan-gateway", "--first", f"dns+tcp://{first_host}:{config.worker_port}",
+         "--http", f"0.0.0.0:{config.gateway_port}",
+         "--results-port", str(config.results_port), "--name", meta["name"]],
+        env=[{"name": GATEWAY_MANIFEST_ENV, "value": json.dumps(manifest)},
+             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        ports=[{"name": "http", "containerPort": config.gateway_port},
+               {"name": "results", "containerPort": config.results_port}],
+        readinessProbe={"httpGet": {"path": "/v2/health/ready", "port": config.gateway_port},
+                        "periodSeconds": 1, "failureThreshold": 3},
+        lifecycle={"preStop": {"sleep": {"seconds": 2}}})
+    pod: Obj = {"securityContext": pod_security(), "volumes": volumes,
+                "terminationGracePeriodSeconds": 15, "nodeSelector": node_selector,
+                "containers": [gateway]}
+    if tolerations:
+        pod["tolerations"] = tolerations
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": meta["namespace"],
+                     "labels": {**selector, "splitdnn.io/plan": plan_name}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": selector},
+                 "strategy": {"type": "RollingUpdate",
+                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                 "template": {"metadata": {"labels": {**selector, "splitdnn.io/plan": plan_name}},
+                              "spec": pod}},
+    }
+
+
+def build_gateway_service(service: Obj, config: OperatorConfig) -> Obj:
+    meta = service["metadata"]
+    selector = {**MANAGED_BY, "splitdnn.io/service": meta["name"],
+                "splitdnn.io/component": "gateway"}
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": gateway_name(meta["name"]), "namespace": meta["namespace"],
+                     "labels": selector},
+        "spec": {"selector": selector,
+                 "ports": [{"name": "http", "port": config.gateway_port,
+                            "targetPort": config.gateway_port}]},
+    }

@@ -1,0 +1,126 @@
+"""From a model's analysis and the class profiles to a planning problem, and back to a plan.
+
+Pure: the analysis (``splitdnn model-facts`` output), the profiles (one merged
+:class:`~splitdnn.profiling.Profile` per hardware class) and the service's tiers go in; a
+:class:`~splitdnn.planning.Problem` comes out, and a planner result becomes a SplitPlan
+spec (stages in layers, the prediction, the Pareto alternatives).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from splitdnn.planning import PlanResult, Problem, parse_problem
+from splitdnn.planning.algorithms import Candidate
+from splitdnn.predict import CostPredictor
+from splitdnn.profiling import Profile, SegmentFeatures
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class PlanTier:
+    """A tier of the service as the planner sees it."""
+
+    name: str
+    hardware_class: str
+    node_selector: dict[str, str]
+    tolerations: list[Obj] = field(default_factory=list)
+    max_replicas: int = 1
+
+
+def input_bytes(analysis: Obj) -> int:
+    spec = analysis["input"]
+    return int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+
+
+def segment_costs(analysis: Obj, profiles: dict[str, Profile], classes: list[str]
+                  ) -> dict[str, list[Obj]]:
+    """Each segment's cost on each class: measured where profiled, else predicted by CF."""
+    signatures = analysis["signatures"]
+    features = {s["key"]: SegmentFeatures.from_dict(s["features"]) for s in signatures}
+    predictor = CostPredictor(profiles, features, seed=0)
+    return {cls: [predictor.segment_cost(cls, s["key"]) for s in signatures]
+            for cls in classes}
+
+
+def build_problem(analysis: Obj, tiers: list[PlanTier], costs: dict[str, list[Obj]],
+                  spec: Obj, link: tuple[float, float]) -> Problem:
+    """The ``splitdnn plan`` problem of a service: its segments on its tiers."""
+    segments = [{"name": f"s{s['index']}", "output_bytes": s["output_bytes"],
+                 "params_bytes": s["params_bytes"]} for s in analysis["segments"]]
+    problem_tiers = []
+    for tier in tiers:
+        cost = costs[tier.hardware_class]
+        entry: Obj = {"name": tier.name, "latency_ms": [c["latency_ms"] for c in cost]}
+        energies = [c["energy_mj"] for c in cost]
+        if None not in energies:
+            entry["energy_mj"] = energies
+        problem_tiers.append(entry)
+    bandwidth, latency = link
+    links = [{"from": a.name, "to": b.name, "bandwidth_mbps": bandwidth, "latency_ms": latency}
+             for a in tiers for b in tiers if a.name != b.name]
+    slo = spec.get("slo") or {}
+    objective = spec.get("objective") or {}
+    source = spec["source"]
+    return parse_problem({
+        "segments": segments, "input_bytes": input_bytes(analysis), "tiers": problem_tiers,
+        "links": links, "source": source["tier"], "sink": source.get("sink"),
+        "constraints": {"max_stages": objective.get("maxStages", 4),
+                        "latency_ms": slo.get("latencyMs"), "energy_mj": slo.get("energyMj")},
+    })
+
+
+def layer_range(analysis: Obj, first_segment: int, last_segment: int) -> list[int]:
+    segments = analysis["segments"]
+    return [segments[first_segment]["first_layer"], segments[last_segment]["last_layer"]]
+
+
+def plan_stages(candidate: Candidate, analysis: Obj, tiers: dict[str, PlanTier]) -> list[Obj]:
+    stages = []
+    for index, stage in enumerate(candidate.stages):
+        tier = tiers[stage.tier]
+        entry: Obj = {"name": f"stage{index}", "tier": tier.name,
+                      "layers": layer_range(analysis, stage.first, stage.last),
+                      "nodeSelector": tier.node_selector, "replicas": 1}
+        if tier.tolerations:
+            entry["tolerations"] = tier.tolerations
+        stages.append(entry)
+    return stages
+
+
+def figures(candidate: Candidate, with_energy: bool) -> Obj:
+    values = candidate.figures()
+    result: Obj = {"latencyMs": round(float(values["latency_ms"] or 0), 4)}
+    if with_energy:
+        result["energyMj"] = round(float(values["energy_mj"] or 0), 4)
+    if values["throughput_rps"] is not None:
+        result["throughputRps"] = round(float(values["throughput_rps"]), 4)
+    return result
+
+
+def plan_spec(service_name: str, result: PlanResult, problem: Problem, analysis: Obj,
+              tiers: list[PlanTier]) -> Obj:
+    """The SplitPlan spec for the planner's choice, with the other Pareto plans."""
+    by_name = {tier.name: tier for tier in tiers}
+    with_energy = problem.has_energy
+    alternatives = [
+        {"stages": [{"tier": s.tier, "layers": layer_range(analysis, s.first, s.last)}
+                    for s in candidate.stages], **figures(candidate, with_energy)}
+        for candidate in result.pareto if candidate.stages != result.best.stages
+    ][:32]
+    spec: Obj = {"serviceRef": {"name": service_name},
+                 "stages": plan_stages(result.best, analysis, by_name),
+                 "predicted": figures(result.best, with_energy),
+                 "algorithm": result.algorithm}
+    if alternatives:
+        spec["alternatives"] = alternatives
+    return spec
+
+
+def placement(stages: list[Obj]) -> str:
+    """``jetson-nano[0-38] v100[39-121]``: the stages in brief for ``kubectl get``."""
+    return " ".join(f"{s['tier']}[{s['layers'][0]}-{s['layers'][1]}]" for s in stages)[:1024]

@@ -1,0 +1,208 @@
+"""SplitPlan handler: per-stage Deployments and headless Services, the gateway, status.
+
+Make-before-break: a stage's objects are named by a revision of what it runs, so a new
+plan's stages come up beside the old ones; the gateway (one per DNNService, its URL stable)
+switches to the new first stage only once every new stage is ready, and the old stages are
+deleted only after the gateway rollout finished (the workers drain on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import kopf
+
+from splitdnn.api import PINNED_ANNOTATION
+from splitdnn.controller import children, conditions
+from splitdnn.controller.config import OperatorConfig
+from splitdnn.controller.discovery import matches, node_class
+from splitdnn.controller.kube import Kube, Obj, adopt
+from splitdnn.controller.metrics import scrape, stage_measurements
+from splitdnn.controller.planner import placement
+
+log = logging.getLogger("splitdnn.operator")
+
+
+def deployment_ready(deployment: Obj | None) -> bool:
+    if deployment is None:
+        return False
+    status = deployment.get("status") or {}
+    wanted = deployment["spec"].get("replicas", 1)
+    return (status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 1)
+            and status.get("updatedReplicas", 0) == wanted
+            and status.get("readyReplicas", 0) >= wanted
+            and status.get("replicas", 0) == wanted)
+
+
+def active_plan(kube: Kube, service: Obj) -> str:
+    """The plan a service serves: its pinned plan if any, else its own."""
+    meta = service["metadata"]
+    pinned = sorted(p["metadata"]["name"] for p in kube.list("SplitPlan", meta["namespace"])
+                    if (p["metadata"].get("annotations") or {}).get(PINNED_ANNOTATION) == "true"
+                    and p["spec"]["serviceRef"]["name"] == meta["name"])
+    return pinned[0] if pinned else str(meta["name"])
+
+
+class PlanRollout:
+    """One pass over one SplitPlan."""
+
+    def __init__(self, body: Obj, kube: Kube, config: OperatorConfig) -> None:
+        self.body, self.kube, self.config = body, kube, config
+        self.event_target = kopf.Body(body)  # type: ignore[arg-type]  # Events attach to it
+        self.meta = body["metadata"]
+        self.name, self.namespace = self.meta["name"], self.meta["namespace"]
+        self.generation = self.meta.get("generation")
+        self.conditions: list[Obj] = list((body.get("status") or {}).get("conditions") or [])
+        self.stages: list[Obj] = body["spec"]["stages"]
+
+    def write(self, **fields: Any) -> None:
+        self.kube.patch_status("SplitPlan", self.namespace, self.name, {
+            **fields, "observedGeneration": self.generation, "conditions": self.conditions,
+            "placement": placement(self.stages)})
+
+    def wait(self, reason: str, message: str, phase: str = "Pending",
+             **fields: Any) -> kopf.TemporaryError:
+        self.conditions = conditions.set_condition(self.conditions, "RolledOut", False, reason,
+                                                   message, self.generation)
+        self.conditions = conditions.progressing(self.conditions, reason, message,
+                                                 self.generation)
+        self.write(phase=phase, **fields)
+        return kopf.TemporaryError(message, delay=2)
+
+    def stall(self, reason: str, message: str) -> kopf.PermanentError:
+        self.conditions = conditions.set_condition(self.conditions, "RolledOut", False, reason,
+                                                   message, self.generation)
+        self.conditions = conditions.stalled(self.conditions, reason, message, self.generation)
+        self.write(phase="Failed")
+        return kopf.PermanentError(message)
+
+    def run(self) -> None:
+        service_name = self.body["spec"]["serviceRef"]["name"]
+        service = self.kube.get("DNNService", self.namespace, service_name)
+        if service is None:
+            raise self.wait("ServiceMissing", f"spec.serviceRef.name: no DNNService "
+                                              f"{service_name!r} in {self.namespace}")
+        if active_plan(self.kube, service) != self.name:
+            raise self.wait("Superseded", "a pinned SplitPlan serves this DNNService")
+        analysis_cm = self.kube.get("ConfigMap", self.namespace, f"{service_name[:50]}-analysis")
+        if analysis_cm is None:
+            raise self.wait("WaitingForAnalysis", "the model analysis is not ready yet")
+        analysis = json.loads(analysis_cm["data"]["analysis.json"])
+        self.check_layers(analysis)
+        revisions = [children.stage_revision(service["spec"], s) for s in self.stages]
+        names = [children.stage_object_name(self.name, s, r)
+                 for s, r in zip(self.stages, revisions, strict=True)]
+        deployments = self.apply_stages(service, revisions, names)
+        statuses = self.stage_statuses(deployments)
+        if not all(deployment_ready(d) for d in deployments):
+            ready = sum(deployment_ready(d) for d in deployments)
+            raise self.wait("StagesStarting", f"{ready}/{len(deployments)} stages ready",
+                            "RollingOut", stages=statuses)
+        gateway = self.apply_gateway(service, analysis, names[0])
+        if not deployment_ready(gateway):
+            raise self.wait("GatewaySwitching", "stages ready; gateway rolling out",
+                            "RollingOut", stages=statuses)
+        self.remove_old(service_name, set(names))
+        measured = self.gateway_latency(service_name)
+        self.conditions = conditions.set_condition(
+            self.conditions, "RolledOut", True, "Serving",
+            f"{len(self.stages)} stages serving: {placement(self.stages)}", self.generation)
+        self.conditions = conditions.ready(self.conditions, "Serving", "all stages ready",
+                                           self.generation)
+        self.write(phase="Serving", stages=statuses,
+                   **({"measured": {"latencyMs": round(measured, 3)}} if measured else {}))
+
+    def check_layers(self, analysis: Obj) -> None:
+        last = len(analysis["layers"]) - 1
+        ends = {s["last_layer"] for s in analysis["segments"]}
+        for index, stage in enumerate(self.stages):
+            if stage["layers"][1] not in ends:
+                raise self.stall("InvalidStage", f"spec.stages[{index}].layers: layer "
+                                                 f"{stage['layers'][1]} does not end a segment")
+        if self.stages[-1]["layers"][1] != last:
+            raise self.stall("InvalidStage", f"spec.stages[{len(self.stages) - 1}].layers: the "
+                                             f"last stage must end at layer {last}")
+
+    def image(self, service: Obj, stage: Obj) -> str:
+        runtime_image = (service["spec"].get("runtime") or {}).get("image")
+        if runtime_image:
+            return str(runtime_image)
+        nodes = [n for n in self.kube.list("Node", None)
+                 if matches(n, stage.get("nodeSelector") or {})]
+        if not nodes:
+            return self.config.image_cpu
+        cls, selector = node_class(nodes[0], self.config.class_labels)
+        return self.config.image_for(cls, selector)
+
+    def apply_stages(self, service: Obj, revisions: list[str], names: list[str]) -> list[Obj]:
+        deployments = []
+        for index, (stage, revision) in enumerate(zip(self.stages, revisions, strict=True)):
+            next_host = (children.stage_host(names[index + 1], self.namespace)
+                         if index + 1 < len(self.stages) else None)
+            self.kube.apply(adopt(children.build_stage_service(
+                self.body, stage, revision, self.config), self.body))
+            deployments.append(self.kube.apply(adopt(children.build_stage_deployment(
+                self.body, stage, service["spec"], revision, next_host,
+                self.image(service, stage), self.config), self.body)))
+        return deployments
+
+    def apply_gateway(self, service: Obj, analysis: Obj, first: str) -> Obj:
+        source = service["spec"]["source"]
+        tier = next((t for t in service["spec"].get("tiers") or []
+                     if t["name"] == source["tier"]), None)
+        selector = source.get("nodeSelector") or (tier or {}).get("nodeSelector") or {}
+        gateway = children.build_gateway_deployment(
+            service, self.name, children.stage_host(first, self.namespace),
+            children.gateway_manifest(analysis, self.stages),
+            (service["spec"].get("runtime") or {}).get("image") or self.config.image_cpu,
+            self.config, selector, (tier or {}).get("tolerations") or [])
+        self.kube.apply(adopt(children.build_gateway_service(service, self.config), service))
+        return self.kube.apply(adopt(gateway, service))
+
+    def remove_old(self, service_name: str, current: set[str]) -> None:
+        selector = f"splitdnn.io/service={service_name},splitdnn.io/stage"
+        for kind in ("Deployment", "Service"):
+            for obj in self.kube.list(kind, self.namespace, selector):
+                if obj["metadata"]["name"] not in current:
+                    self.kube.delete(kind, self.namespace, obj["metadata"]["name"])
+                    kopf.info(self.event_target, reason="StageRemoved",
+                              message=f"{kind} {obj['metadata']['name']} (replaced)")
+
+    def stage_statuses(self, deployments: list[Obj]) -> list[Obj]:
+        statuses = []
+        for stage, deployment in zip(self.stages, deployments, strict=True):
+            labels = deployment["spec"]["selector"]["matchLabels"]
+            selector = ",".join(f"{k}={v}" for k, v in labels.items())
+            pods = [p for p in self.kube.list("Pod", self.namespace, selector)
+                    if (p.get("status") or {}).get("podIP")]
+            urls = {p["metadata"]["name"]:
+                    f"http://{p['status']['podIP']}:{self.config.metrics_port}/metrics"
+                    for p in pods}
+            latency, rate = stage_measurements(urls)
+            entry: Obj = {"name": stage["name"], "replicas": stage.get("replicas", 1),
+                          "readyReplicas": (deployment.get("status") or {}).get(
+                              "readyReplicas", 0),
+                          "nodes": sorted({p["spec"].get("nodeName", "") for p in pods} - {""})}
+            if latency is not None:
+                entry["latencyMs"] = round(latency, 3)
+            if rate is not None:
+                entry["bytesPerSecond"] = round(rate, 1)
+            statuses.append(entry)
+        return statuses
+
+    def gateway_latency(self, service_name: str) -> float | None:
+        selector = f"splitdnn.io/service={service_name},splitdnn.io/component=gateway"
+        total = count = 0.0
+        for pod in self.kube.list("Pod", self.namespace, selector):
+            ip = (pod.get("status") or {}).get("podIP")
+            if ip:
+                values = scrape(f"http://{ip}:{self.config.gateway_port}/metrics")
+                total += values.get("splitdnn_stage_latency_seconds_sum", 0.0)
+                count += values.get("splitdnn_stage_latency_seconds_count", 0.0)
+        return 1000 * total / count if count else None
+
+
+def reconcile_plan(body: Obj, kube: Kube, config: OperatorConfig) -> None:
+    PlanRollout(body, kube, config).run()

@@ -1,0 +1,204 @@
+"""The operator end to end on the devcluster: DNNService -> analysis and profiling Jobs ->
+SplitPlan -> stage Deployments wired through headless Services -> gateway answering OIP v2.
+
+One operator process (``splitdnn operator --all-namespaces``) serves the module; each test
+works in its own namespace. The model is ResNet-18 with random weights (exported once and
+cached), so results can be compared with the whole model run locally.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.integration.conftest import ROOT, Api
+
+pytestmark = pytest.mark.slow
+GROUP_PATH = "/apis/splitdnn.io/v1alpha1/namespaces"
+MODEL = "torchvision:resnet18"
+
+
+@pytest.fixture(scope="module")
+def operator(api: Api, devcluster: dict[str, Any],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    for crd in sorted((ROOT / "crds").glob("*.yaml")):
+        body = yaml.safe_load(crd.read_text())
+        name = body["metadata"]["name"]
+        if api.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+                       ).status_code == 404:
+            api.ok("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body)
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = start_operator(devcluster, log_path)
+    yield log_path
+    stop_operator(process)
+    output = log_path.read_text()
+    assert "Traceback" not in output, output[-4000:]
+
+
+def start_operator(devcluster: dict[str, Any], log_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, KUBECONFIG=devcluster["kubeconfig"], SPLITDNN_PROFILE_REPEATS="3")
+    with log_path.open("a") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "splitdnn", "operator", "--all-namespaces", "--standalone",
+             "--watch-timeout=60", "--log-level=info"], env=env, stdout=log,
+            stderr=subprocess.STDOUT)
+
+
+def stop_operator(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def service(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"source": MODEL, "inputShape": [1, 3, 224, 224]},
+        "source": {"tier": "jetson"},
+        "tiers": [{"name": "jetson", "nodeSelector": {"splitdnn.io/device-class": "jetson-nano"}},
+                  {"name": "v100", "nodeSelector": {
+                      "nvidia.com/gpu.product": "Tesla-V100-SXM2-16GB"}}],
+        "objective": {"kind": "latency", "maxStages": 3},
+    }
+    body.update(spec)
+    return {"apiVersion": "splitdnn.io/v1alpha1", "kind": "DNNService",
+            "metadata": {"name": name}, "spec": body}
+
+
+def condition(obj: Any, type_: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        return {}
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == type_), {})
+
+
+def wait_ready(api: Api, namespace: str, name: str, timeout: float = 180) -> dict[str, Any]:
+    result: dict[str, Any] = api.wait_for(
+        f"{GROUP_PATH}/{namespace}/dnnservices/{name}",
+        lambda s: condition(s, "Ready").get("status") == "True"
+        or condition(s, "Stalled").get("status") == "True",
+        timeout=timeout, what=f"DNNService {name} Ready")
+    assert condition(result, "Ready").get("status") == "True", result["status"]
+    return result
+
+
+def gateway_url(api: Api, namespace: str, name: str) -> str:
+    endpoints = api.ok("GET", f"/api/v1/namespaces/{namespace}/endpoints/{name}-gateway")
+    address = endpoints["subsets"][0]["addresses"][0]["ip"]
+    return f"http://{address}:8000"
+
+
+def reference_output(batch: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    from splitdnn.graph import resolve_model
+
+    model = resolve_model(MODEL, input_shape=(1, 3, 224, 224))
+    session = onnxruntime.InferenceSession(str(model.onnx_path),
+                                           providers=["CPUExecutionProvider"])
+    output: np.ndarray = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    return output
+
+
+def stage_pods(api: Api, namespace: str, plan: str) -> dict[str, list[str]]:
+    pods = api.ok("GET", f"/api/v1/namespaces/{namespace}/pods",
+                  labelSelector=f"splitdnn.io/plan={plan},splitdnn.io/stage")["items"]
+    placed: dict[str, list[str]] = {}
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        placed.setdefault(pod["metadata"]["labels"]["splitdnn.io/stage"], []).append(
+            pod["spec"]["nodeName"])
+    return placed
+
+
+NODE_OF_TIER = {"jetson": "jetson-0", "v100": "v100-0"}
+
+
+def test_service_becomes_ready_and_serves_correct_results(
+        api: Api, namespace: str, operator: Path) -> None:
+    from splitdnn.runtime.client import Client
+
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("rn"))
+    ready = wait_ready(api, namespace, "rn")
+    status = ready["status"]
+    assert status["splitPlan"] == "rn"
+    assert status["url"] == f"http://rn-gateway.{namespace}.svc.cluster.local:8000"
+    for step in ("ModelAnalyzed", "Profiled", "Planned", "RolledOut"):
+        assert condition(ready, step)["status"] == "True", step
+    plan = api.ok("GET", f"{GROUP_PATH}/{namespace}/splitplans/rn")
+    assert plan["metadata"]["ownerReferences"][0]["uid"] == ready["metadata"]["uid"]
+    placed = stage_pods(api, namespace, "rn")
+    for stage in plan["spec"]["stages"]:
+        assert placed[stage["name"]] == [NODE_OF_TIER[stage["tier"]]], (stage, placed)
+    profiles = api.ok("GET", f"/api/v1/namespaces/{namespace}/configmaps",
+                      labelSelector="splitdnn.io/profile=true")["items"]
+    assert {cm["metadata"]["labels"]["splitdnn.io/hardware-class"] for cm in profiles} == {
+        "jetson-nano", "v100-server"}
+    batch = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with Client(gateway_url(api, namespace, "rn")) as client:
+        output = client.infer(batch)
+    np.testing.assert_allclose(output, reference_output(batch), rtol=1e-3, atol=1e-3)
+
+
+def test_pinned_plan_is_rolled_out_and_kept(api: Api, namespace: str, operator: Path) -> None:
+    from splitdnn.runtime.client import Client
+
+    pinned = {"apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitPlan",
+              "metadata": {"name": "by-hand", "annotations": {"splitdnn.io/pinned": "true"}},
+              "spec": {"serviceRef": {"name": "pn"}, "stages": [
+                  {"name": "head", "tier": "jetson", "layers": [0, 12],
+                   "nodeSelector": {"splitdnn.io/device-class": "jetson-nano"}},
+                  {"name": "tail", "tier": "v100", "layers": [13, 48],
+                   "nodeSelector": {"nvidia.com/gpu.product": "Tesla-V100-SXM2-16GB"}}]}}
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/splitplans", pinned)
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("pn"))
+    ready = wait_ready(api, namespace, "pn")
+    assert ready["status"]["splitPlan"] == "by-hand"
+    assert condition(ready, "Planned")["reason"] == "Pinned"
+    assert stage_pods(api, namespace, "by-hand") == {"head": ["jetson-0"], "tail": ["v100-0"]}
+    kept = api.ok("GET", f"{GROUP_PATH}/{namespace}/splitplans/by-hand")
+    assert kept["spec"]["stages"] == pinned["spec"]["stages"] or \
+        [s["layers"] for s in kept["spec"]["stages"]] == [[0, 12], [13, 48]]
+    assert api.request("GET", f"{GROUP_PATH}/{namespace}/splitplans/pn").status_code == 404
+    batch = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with Client(gateway_url(api, namespace, "pn")) as client:
+        output = client.infer(batch)
+    np.testing.assert_allclose(output, reference_output(batch), rtol=1e-3, atol=1e-3)
+
+
+def test_unknown_model_stalls_with_a_message(api: Api, namespace: str, operator: Path) -> None:
+    body = service("bad")
+    body["spec"]["model"]["source"] = "torchvision:no_such_net"
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", body)
+    stalled = api.wait_for(f"{GROUP_PATH}/{namespace}/dnnservices/bad",
+                           lambda s: condition(s, "Stalled").get("status") == "True",
+                           timeout=120, what="Stalled")
+    message = condition(stalled, "Stalled")["message"]
+    assert "spec.model.source" in message and "no_such_net" in message, message
+    assert condition(stalled, "Ready")["status"] == "False"
+
+
+def test_deletion_removes_children_and_releases_finalizers(
+        api: Api, namespace: str, operator: Path) -> None:
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("gone"))
+    wait_ready(api, namespace, "gone")
+    api.ok("DELETE", f"{GROUP_PATH}/{namespace}/dnnservices/gone")
+    api.wait_for(f"{GROUP_PATH}/{namespace}/dnnservices/gone", lambda r: r == 404,
+                 timeout=60, what="the DNNService to go")
+    for kind in ("apis/apps/v1/namespaces/{ns}/deployments", "api/v1/namespaces/{ns}/services",
+                 "apis/batch/v1/namespaces/{ns}/jobs", "apis/splitdnn.io/v1alpha1/namespaces/"
+                                                       "{ns}/splitplans"):
+        path = "/" + kind.format(ns=namespace)
+        api.wait_for(path, lambda r: isinstance(r, dict) and not r["items"], timeout=60,
+                     what=f"{path} to empty")
