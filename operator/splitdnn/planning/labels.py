@@ -171,6 +171,21 @@ def _pareto_3d_by_group(values: np.ndarray, max_groups: int = 48) -> np.ndarray 
     return np.sort(np.concatenate(kept))
 
 
+def _least_to_go(arrays: ProblemArrays, compute: np.ndarray, fixed: np.ndarray,
+                 per_byte: np.ndarray) -> np.ndarray:
+    """``[i, t]``: the least any chain plan adds after segment ``i`` ran on tier ``t`` (the
+    later segments and every transfer, to the sink included) — a lower bound for every
+    family, so that a label that cannot meet a bound even so is dropped early."""
+    count = arrays.segments
+    to_go = np.zeros((count, arrays.tiers))
+    to_go[-1] = fixed[:, arrays.sink] + arrays.output_bytes[-1] * per_byte[:, arrays.sink]
+    for segment in range(count - 2, -1, -1):
+        move = fixed + arrays.output_bytes[segment] * per_byte  # (from, to); 0 on the diagonal
+        after = compute[:, segment + 1] + to_go[segment + 1]
+        to_go[segment] = np.min(move + after[None, :], axis=1)
+    return to_go
+
+
 def _slack(limit: float) -> float:
     return limit + TOLERANCE * max(1.0, abs(limit)) if np.isfinite(limit) else np.inf
 
@@ -196,10 +211,17 @@ class _Engine:
         self.caps[CLOSED] = _slack(spec.max_bottleneck)
         for tier, cap in zip(spec.memory_tiers, spec.memory_caps, strict=True):
             self.caps[self.memory_column[tier]] = cap
+        self.latency_to_go = _least_to_go(arrays, arrays.compute_ms, arrays.link_ms,
+                                          arrays.ms_per_byte)
+        self.energy_to_go = _least_to_go(arrays, arrays.compute_mj,
+                                         np.where(arrays.connected, 0.0, np.inf),
+                                         arrays.mj_per_byte)
 
-    def _keep(self, labels: np.ndarray, tier: int) -> np.ndarray:
-        """Rows within every bound and not dominated."""
+    def _keep(self, labels: np.ndarray, tier: int, segment: int) -> np.ndarray:
+        """Rows within every bound (counting the least still to come) and not dominated."""
         ok = np.all(labels <= self.caps, axis=1) & np.isfinite(labels[:, LAT])
+        ok &= labels[:, LAT] + self.latency_to_go[segment, tier] <= self.caps[LAT]
+        ok &= labels[:, EN] + self.energy_to_go[segment, tier] <= self.caps[EN]
         ok &= labels[:, OPEN] / self.a.replicas[tier] <= self.caps[CLOSED]
         rows = np.flatnonzero(ok)
         if rows.size > 1:
@@ -240,7 +262,7 @@ class _Engine:
             if tier != self.a.source:
                 self._cross(label, self.a.source, tier, self.a.input_bytes)
             self._add_segment(label, tier, 0)
-            rows = self._keep(label, tier)
+            rows = self._keep(label, tier, 0)
             current.append(label[rows])
             step_parents.append((np.full(rows.size, -1), np.full(rows.size, -1)))
         parents.append(step_parents)
@@ -268,7 +290,7 @@ class _Engine:
                 self._cross_rows(labels, from_node != node, self.node_tier_array[from_node],
                                  tier, size)
             self._add_segment(labels, tier, segment)
-            rows = self._keep(labels, tier)
+            rows = self._keep(labels, tier, segment)
             following.append(labels[rows])
             step_parents.append((from_node[rows], from_row[rows]))
         return following, step_parents
