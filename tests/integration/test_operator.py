@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,39 +28,53 @@ GROUP_PATH = "/apis/splitdnn.io/v1alpha1/namespaces"
 MODEL = "torchvision:resnet18"
 
 
+class OperatorProcess:
+    """``splitdnn operator --all-namespaces`` against the devcluster, restartable."""
+
+    def __init__(self, devcluster: dict[str, Any], log_path: Path) -> None:
+        self.devcluster, self.log_path = devcluster, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=self.devcluster["kubeconfig"],
+                   SPLITDNN_PROFILE_REPEATS="3")
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "splitdnn", "operator", "--all-namespaces",
+                 "--standalone", "--watch-timeout=60", "--log-level=info"], env=env,
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as a crashed or evicted operator."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 @pytest.fixture(scope="module")
 def operator(api: Api, devcluster: dict[str, Any],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     for crd in sorted((ROOT / "crds").glob("*.yaml")):
         body = yaml.safe_load(crd.read_text())
         name = body["metadata"]["name"]
         if api.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
                        ).status_code == 404:
             api.ok("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body)
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = start_operator(devcluster, log_path)
-    yield log_path
-    stop_operator(process)
-    output = log_path.read_text()
+    process = OperatorProcess(devcluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+    output = process.log_path.read_text()
     assert "Traceback" not in output, output[-4000:]
-
-
-def start_operator(devcluster: dict[str, Any], log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, KUBECONFIG=devcluster["kubeconfig"], SPLITDNN_PROFILE_REPEATS="3")
-    with log_path.open("a") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "splitdnn", "operator", "--all-namespaces", "--standalone",
-             "--watch-timeout=60", "--log-level=info"], env=env, stdout=log,
-            stderr=subprocess.STDOUT)
-
-
-def stop_operator(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def service(name: str, **spec: Any) -> dict[str, Any]:
@@ -126,7 +142,7 @@ NODE_OF_TIER = {"jetson": "jetson-0", "v100": "v100-0"}
 
 
 def test_service_becomes_ready_and_serves_correct_results(
-        api: Api, namespace: str, operator: Path) -> None:
+        api: Api, namespace: str, operator: OperatorProcess) -> None:
     from splitdnn.runtime.client import Client
 
     api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("rn"))
@@ -151,7 +167,8 @@ def test_service_becomes_ready_and_serves_correct_results(
     np.testing.assert_allclose(output, reference_output(batch), rtol=1e-3, atol=1e-3)
 
 
-def test_pinned_plan_is_rolled_out_and_kept(api: Api, namespace: str, operator: Path) -> None:
+def test_pinned_plan_is_rolled_out_and_kept(api: Api, namespace: str,
+                                            operator: OperatorProcess) -> None:
     from splitdnn.runtime.client import Client
 
     pinned = {"apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitPlan",
@@ -177,7 +194,8 @@ def test_pinned_plan_is_rolled_out_and_kept(api: Api, namespace: str, operator: 
     np.testing.assert_allclose(output, reference_output(batch), rtol=1e-3, atol=1e-3)
 
 
-def test_unknown_model_stalls_with_a_message(api: Api, namespace: str, operator: Path) -> None:
+def test_unknown_model_stalls_with_a_message(api: Api, namespace: str,
+                                             operator: OperatorProcess) -> None:
     body = service("bad")
     body["spec"]["model"]["source"] = "torchvision:no_such_net"
     api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", body)
@@ -190,7 +208,7 @@ def test_unknown_model_stalls_with_a_message(api: Api, namespace: str, operator:
 
 
 def test_deletion_removes_children_and_releases_finalizers(
-        api: Api, namespace: str, operator: Path) -> None:
+        api: Api, namespace: str, operator: OperatorProcess) -> None:
     api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("gone"))
     wait_ready(api, namespace, "gone")
     api.ok("DELETE", f"{GROUP_PATH}/{namespace}/dnnservices/gone")
@@ -202,3 +220,113 @@ def test_deletion_removes_children_and_releases_finalizers(
         path = "/" + kind.format(ns=namespace)
         api.wait_for(path, lambda r: isinstance(r, dict) and not r["items"], timeout=60,
                      what=f"{path} to empty")
+
+
+def names(api: Api, namespace: str, path: str, selector: str = "") -> list[str]:
+    items = api.ok("GET", path.format(ns=namespace), labelSelector=selector)["items"]
+    return sorted(i["metadata"]["name"] for i in items
+                  if not i["metadata"].get("deletionTimestamp"))
+
+
+def plan_settled(api: Api, namespace: str, name: str, placement: str) -> Any:
+    return lambda p: isinstance(p, dict) and (p.get("status") or {}).get("placement") == \
+        placement and condition(p, "Ready").get("status") == "True" and \
+        p["status"].get("observedGeneration") == p["metadata"]["generation"]
+
+
+def test_spec_change_replans_make_before_break(api: Api, namespace: str,
+                                               operator: OperatorProcess) -> None:
+    from splitdnn.runtime.client import Client
+
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("mb"))
+    wait_ready(api, namespace, "mb")
+    deployments = "/apis/apps/v1/namespaces/{ns}/deployments"
+    before = names(api, namespace, deployments, "splitdnn.io/stage")
+    gateway_pods = names(api, namespace, "/api/v1/namespaces/{ns}/pods",
+                         "splitdnn.io/component=gateway")
+    outcomes: list[str] = []
+    stop = threading.Event()
+    batch = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    expected = reference_output(batch)
+
+    def load() -> None:
+        with Client(gateway_url(api, namespace, "mb")) as client:
+            while not stop.is_set():
+                try:
+                    output = client.infer(batch)
+                    outcomes.append("ok" if np.allclose(output, expected, rtol=1e-3, atol=1e-3)
+                                    else "wrong")
+                except Exception as error:  # every failure counts, whatever its kind
+                    outcomes.append(repr(error))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        # only the Jetson tier and one thread: a new placement and new stage revisions
+        api.ok("PATCH", f"{GROUP_PATH}/{namespace}/dnnservices/mb",
+               [{"op": "replace", "path": "/spec/tiers",
+                 "value": service("x")["spec"]["tiers"][:1]},
+                {"op": "add", "path": "/spec/runtime/threads", "value": 1}],
+               content_type="application/json-patch+json")
+        api.wait_for(f"{GROUP_PATH}/{namespace}/splitplans/mb",
+                     plan_settled(api, namespace, "mb", "jetson[0-48]"), timeout=120,
+                     what="the new plan to serve")
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    after = names(api, namespace, deployments, "splitdnn.io/stage")
+    assert after and not set(after) & set(before), (before, after)
+    assert stage_pods(api, namespace, "mb") == {"stage0": ["jetson-0"]}
+    assert names(api, namespace, "/api/v1/namespaces/{ns}/pods",
+                 "splitdnn.io/component=gateway") == gateway_pods  # the gateway never restarted
+    failures = [o for o in outcomes if o != "ok"]
+    assert len(outcomes) > 10 and not failures, (len(outcomes), failures[:5])
+    wait_ready(api, namespace, "mb", timeout=30)
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(
+        api: Api, namespace: str, operator: OperatorProcess) -> None:
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("rs"))
+    api.wait_for("/apis/batch/v1/namespaces/" + namespace + "/jobs",
+                 lambda r: isinstance(r, dict) and bool(r["items"]), timeout=60,
+                 what="the analysis job")
+    operator.kill()
+    operator.start()
+    ready = wait_ready(api, namespace, "rs")
+    jobs = names(api, namespace, "/apis/batch/v1/namespaces/{ns}/jobs")
+    assert len([j for j in jobs if "-analyse-" in j]) == 1, jobs
+    assert len([j for j in jobs if "-profile-" in j]) <= 2, jobs
+    plan = api.ok("GET", f"{GROUP_PATH}/{namespace}/splitplans/rs")
+    deployments = names(api, namespace, "/apis/apps/v1/namespaces/{ns}/deployments")
+    assert len(deployments) == len(plan["spec"]["stages"]) + 1, deployments  # + gateway
+    pods = names(api, namespace, "/api/v1/namespaces/{ns}/pods", "splitdnn.io/stage")
+    assert len(pods) == len(plan["spec"]["stages"]), pods
+    assert ready["status"]["splitPlan"] == "rs"
+    finalizers = ready["metadata"]["finalizers"]
+    assert finalizers.count("splitdnn.io/finalizer") == 1, finalizers
+
+
+def test_node_down_of_a_used_class_replans_within_60_seconds(
+        api: Api, namespace: str, operator: OperatorProcess, devcluster: dict[str, Any]) -> None:
+    from splitdnn.devcluster.manage import set_node
+
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("nd"))
+    wait_ready(api, namespace, "nd")
+    plan = api.ok("GET", f"{GROUP_PATH}/{namespace}/splitplans/nd")
+    # the V100 node has four times the Jetson's CPU quota: the planner uses it
+    assert "v100" in {s["tier"] for s in plan["spec"]["stages"]}, plan["spec"]["stages"]
+    state_dir = Path(devcluster["stateDir"])
+    set_node(state_dir, "v100-0", up=False)
+    try:
+        started = time.monotonic()
+        api.wait_for(f"{GROUP_PATH}/{namespace}/splitplans/nd",
+                     lambda p: isinstance(p, dict) and "v100" not in
+                     {s["tier"] for s in p["spec"]["stages"]}, timeout=60,
+                     what="a plan without the V100 tier")
+        assert time.monotonic() - started < 60
+        api.wait_for(f"{GROUP_PATH}/{namespace}/splitplans/nd",
+                     plan_settled(api, namespace, "nd", "jetson[0-48]"), timeout=120,
+                     what="the new plan to serve")
+    finally:
+        set_node(state_dir, "v100-0", up=True)

@@ -151,6 +151,15 @@ def test_gateway_sends_to_the_first_stage_from_the_source_tier() -> None:
         "http://rn-gateway.ns.svc.cluster.local:8000"
 
 
+def test_entry_service_selects_the_first_stage() -> None:
+    labels = children.stage_labels("rn", "rn", "stage0", "r1")
+    entry = children.build_entry_service(SERVICE, labels, OperatorConfig(), "12.5")
+    assert entry["metadata"]["name"] == "rn-entry"
+    assert entry["spec"] == {"clusterIP": "None", "selector": labels, "ports": [
+        {"name": "zmq", "port": 5555, "targetPort": 5555}]}
+    assert entry["metadata"]["annotations"] == {"splitdnn.io/switched-at": "12.5"}
+
+
 def test_image_per_hardware_class() -> None:
     config = OperatorConfig(image_cpu="cpu", image_cuda="cuda", image_l4t="l4t")
     assert config.image_for("jetson-nano", {"splitdnn.io/device-class": "jetson-nano"}) == "l4t"

@@ -23,6 +23,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "splitdnn-operator"}
 WORKDIR = "/work"
 GATEWAY_MANIFEST_ENV = "SPLITDNN_GATEWAY_MANIFEST"
 BLOCK_DIR = "block"
+SWITCHED_AT_ANNOTATION = "splitdnn.io/switched-at"
 JOB_POD_FAILURE_POLICY = {"rules": [
     # exit code 2 is bad input (unknown model, bad shape): retrying cannot help
     {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In",
@@ -285,8 +286,32 @@ def build_gateway_deployment(service: Obj, plan_name: str, first_host: str, mani
         "spec": {"replicas": 1, "selector": {"matchLabels": selector},
                  "strategy": {"type": "RollingUpdate",
                               "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                 "template": {"metadata": {"labels": {**selector, "splitdnn.io/plan": plan_name}},
+                 "template": {"metadata": {"labels": selector},
                               "spec": pod}},
+    }
+
+
+def entry_name(service: str) -> str:
+    return f"{service[:54]}-entry"
+
+
+def build_entry_service(service: Obj, first_stage_labels: dict[str, str],
+                        config: OperatorConfig, switched_at: str) -> Obj:
+    """Headless Service the gateway sends to: it selects the current plan's first stage.
+
+    Switching a plan re-points this selector; the gateway re-resolves ``dns+tcp://`` names
+    every few seconds, so it moves to the new pipeline without a restart.
+    """
+    meta = service["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": entry_name(meta["name"]), "namespace": meta["namespace"],
+                     "labels": {**MANAGED_BY, "splitdnn.io/service": meta["name"],
+                                "splitdnn.io/component": "entry"},
+                     "annotations": {SWITCHED_AT_ANNOTATION: switched_at}},
+        "spec": {"clusterIP": "None", "selector": first_stage_labels,
+                 "ports": [{"name": "zmq", "port": config.worker_port,
+                            "targetPort": config.worker_port}]},
     }
 
 

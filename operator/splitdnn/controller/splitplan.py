@@ -1,15 +1,18 @@
 """SplitPlan handler: per-stage Deployments and headless Services, the gateway, status.
 
 Make-before-break: a stage's objects are named by a revision of what it runs, so a new
-plan's stages come up beside the old ones; the gateway (one per DNNService, its URL stable)
-switches to the new first stage only once every new stage is ready, and the old stages are
-deleted only after the gateway rollout finished (the workers drain on SIGTERM).
+plan's stages come up beside the old ones. The gateway (one per DNNService, its URL stable)
+sends to a headless *entry* Service; only once every new stage is ready does the entry
+selector move to the new first stage, and the old stages are deleted after the gateway has
+re-resolved the entry and the requests in flight have finished (the workers also drain on
+SIGTERM).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -23,6 +26,9 @@ from splitdnn.controller.metrics import scrape, stage_measurements
 from splitdnn.controller.planner import placement
 
 log = logging.getLogger("splitdnn.operator")
+# after the entry Service switched: the gateway re-resolves it within 5 s, then in-flight
+# requests finish on the old stages before those are removed
+DRAIN_SECONDS = 12.0
 
 
 def deployment_ready(deployment: Obj | None) -> bool:
@@ -100,11 +106,18 @@ class PlanRollout:
             ready = sum(deployment_ready(d) for d in deployments)
             raise self.wait("StagesStarting", f"{ready}/{len(deployments)} stages ready",
                             "RollingOut", stages=statuses)
-        gateway = self.apply_gateway(service, analysis, names[0])
+        switched = self.apply_entry(service, deployments[0])
+        gateway = self.apply_gateway(service, analysis)
         if not deployment_ready(gateway):
             raise self.wait("GatewaySwitching", "stages ready; gateway rolling out",
                             "RollingOut", stages=statuses)
-        self.remove_old(service_name, set(names))
+        old = self.old_stage_objects(service_name, set(names))
+        if old and time.time() - switched < DRAIN_SECONDS:
+            raise self.wait("Draining", "gateway switched to the new stages; old stages drain",
+                            "RollingOut", stages=statuses)
+        for kind, name in old:
+            self.kube.delete(kind, self.namespace, name)
+            kopf.info(self.event_target, reason="StageRemoved", message=f"{kind} {name} (replaced)")
         measured = self.gateway_latency(service_name)
         self.conditions = conditions.set_condition(
             self.conditions, "RolledOut", True, "Serving",
@@ -148,27 +161,42 @@ class PlanRollout:
                 self.image(service, stage), self.config), self.body)))
         return deployments
 
-    def apply_gateway(self, service: Obj, analysis: Obj, first: str) -> Obj:
+    def apply_entry(self, service: Obj, first: Obj) -> float:
+        """Point the entry Service at the first stage; when that was switched (unix time)."""
+        labels = first["spec"]["selector"]["matchLabels"]
+        name = children.entry_name(service["metadata"]["name"])
+        current = self.kube.get("Service", self.namespace, name)
+        annotations = (current or {}).get("metadata", {}).get("annotations") or {}
+        switched = annotations.get(children.SWITCHED_AT_ANNOTATION)
+        if current is None or current["spec"].get("selector") != labels or switched is None:
+            switched = f"{time.time():.3f}"
+            kopf.info(self.event_target, reason="Switched",
+                      message=f"gateway entry -> {first['metadata']['name']}")
+        self.kube.apply(adopt(children.build_entry_service(service, labels, self.config,
+                                                           switched), service))
+        return float(switched)
+
+    def apply_gateway(self, service: Obj, analysis: Obj) -> Obj:
         source = service["spec"]["source"]
         tier = next((t for t in service["spec"].get("tiers") or []
                      if t["name"] == source["tier"]), None)
         selector = source.get("nodeSelector") or (tier or {}).get("nodeSelector") or {}
         gateway = children.build_gateway_deployment(
-            service, self.name, children.stage_host(first, self.namespace),
+            service, self.name,
+            children.stage_host(children.entry_name(service["metadata"]["name"]), self.namespace),
             children.gateway_manifest(analysis, self.stages),
             (service["spec"].get("runtime") or {}).get("image") or self.config.image_cpu,
             self.config, selector, (tier or {}).get("tolerations") or [])
         self.kube.apply(adopt(children.build_gateway_service(service, self.config), service))
         return self.kube.apply(adopt(gateway, service))
 
-    def remove_old(self, service_name: str, current: set[str]) -> None:
+    def old_stage_objects(self, service_name: str, current: set[str]) -> list[tuple[str, str]]:
+        """Stage Deployments and Services of this service that the plan no longer has."""
         selector = f"splitdnn.io/service={service_name},splitdnn.io/stage"
-        for kind in ("Deployment", "Service"):
-            for obj in self.kube.list(kind, self.namespace, selector):
-                if obj["metadata"]["name"] not in current:
-                    self.kube.delete(kind, self.namespace, obj["metadata"]["name"])
-                    kopf.info(self.event_target, reason="StageRemoved",
-                              message=f"{kind} {obj['metadata']['name']} (replaced)")
+        return [(kind, obj["metadata"]["name"]) for kind in ("Deployment", "Service")
+                for obj in self.kube.list(kind, self.namespace, selector)
+                if obj["metadata"]["name"] not in current
+                and not obj["metadata"].get("deletionTimestamp")]
 
     def stage_statuses(self, deployments: list[Obj]) -> list[Obj]:
         statuses = []
