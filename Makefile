@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools test test-fast demo crds manifests chart-test lint bench bench-runtime bench-sweep bench-predict bench-planning bench-code profiles clean
+.PHONY: setup tools test test-fast demo demo-local crds manifests chart-test lint bench bench-runtime bench-sweep bench-predict bench-planning bench-code profiles clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,12 @@ test: setup tools
 test-fast: setup tools
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
+# The operator end to end on the devcluster (ResNet-50 example); demo-local: split and serve
+# without Kubernetes.
 demo: setup
+	$(BIN)/splitdnn cluster-demo
+
+demo-local: setup
 	$(BIN)/splitdnn demo
 
 crds: setup

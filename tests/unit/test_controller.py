@@ -206,3 +206,18 @@ def test_plan_from_costs_and_back_to_layers(edge: tuple[float, ...], server: tup
         tier = next(t for t in tiers if t.name == stage["tier"])
         assert stage["nodeSelector"] == tier.node_selector
         assert stage.get("tolerations", []) == tier.tolerations
+
+
+def test_demo_adapts_the_example_to_the_emulated_cluster() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from splitdnn.controller.demo import adapt_example
+
+    said: list[str] = []
+    example = yaml.safe_load((Path(__file__).parents[2] / "manifests/examples/dnnservice.yaml")
+                             .read_text())
+    adapted = adapt_example(example, said.append)
+    assert "nodeSelector" not in adapted["spec"]["source"] and "slo" not in adapted["spec"]
+    assert len(said) == 2 and adapted["spec"]["tiers"] == example["spec"]["tiers"]

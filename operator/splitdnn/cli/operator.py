@@ -113,3 +113,18 @@ def plan_gateway(
     gateway(manifest=directory, first=first, results=f"tcp://0.0.0.0:{results_port}",
             advertise=f"tcp://{pod_ip}:{results_port}", zmq_listen=None, http=http, name=name,
             max_inflight=64, timeout=30.0)
+
+
+@app.command("cluster-demo")
+def cluster_demo(
+    example: Annotated[Path, typer.Option(
+        "--example", help="The DNNService to apply")] = Path("manifests/examples/dnnservice.yaml"),
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Requests to send")] = 20,
+) -> None:
+    """Devcluster up, CRDs, operator, the ResNet-50 example to Ready, requests, teardown."""
+    from splitdnn.cli.common import stdout
+    from splitdnn.controller.demo import run_demo
+
+    if not example.is_file():
+        fail(f"--example: {example} is not a file (run from the repository root)")
+    run_demo(example, requests, stdout)

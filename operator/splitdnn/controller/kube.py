@@ -9,6 +9,7 @@ connection (in-cluster config, else the kubeconfig).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -31,12 +32,15 @@ KIND_PATHS: dict[str, tuple[str, str]] = {
 }
 
 
-def load_config() -> None:
-    """In-cluster service account first, then the kubeconfig (KUBECONFIG or ~/.kube)."""
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+def load_config(kubeconfig: str | None = None) -> None:
+    """In-cluster service account first, then the kubeconfig (given, KUBECONFIG or ~/.kube)."""
+    if kubeconfig is None:
+        try:
+            kubernetes.config.load_incluster_config()
+            return
+        except kubernetes.config.ConfigException:
+            kubeconfig = os.environ.get("KUBECONFIG")
+    kubernetes.config.load_kube_config(config_file=kubeconfig)
 
 
 def path(kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
@@ -66,10 +70,10 @@ class Kube:
 
     def call(self, method: str, url: str, body: Any = None, content_type: str =
              "application/json", query: list[tuple[str, str]] | None = None,
-             raw: bool = False) -> Any:
+             raw: bool = False, accept: str = "application/json") -> Any:
         method, url, headers, payload, _ = self.client.param_serialize(
             method, url, query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            header_params={"Content-Type": content_type, "Accept": accept},
             body=body, auth_settings=["BearerToken"])
         response = self.client.call_api(method, url, headers, payload, _request_timeout=30)
         data = response.read() or b""
