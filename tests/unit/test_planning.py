@@ -115,8 +115,14 @@ def score(evaluation: Any, objective: str) -> float:
 
 
 def non_dominated(points: list[tuple[float, float]]) -> set[tuple[float, float]]:
-    return {p for p in points
-            if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)}
+    """Points no other beats, sums that differ only by rounding counting as equal."""
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+    def beats(q: tuple[float, float], p: tuple[float, float]) -> bool:
+        no_worse = all(x <= y or close(x, y) for x, y in zip(q, p, strict=True))
+        return no_worse and not all(close(x, y) for x, y in zip(q, p, strict=True))
+    return {p for p in points if not any(beats(q, p) for q in points)}
 
 
 def rounded(points: Any) -> set[tuple[float, float]]:

@@ -11,8 +11,9 @@ plans that no other partial plan dominates in the columns that matter for the qu
 asked. Every column only grows along a plan (or, for the open stage, grows until it is
 closed), so a dominated label can never lead to a better plan and dropping it is exact;
 labels over a bound are dropped too, and so are those that would exceed the latency or
-energy bound even if the rest of the model cost the least any plan could add. With one column this is the classic shortest-path DP
-over (segment boundary × tier); with two it keeps an exact Pareto front.
+energy bound even if the rest of the model cost the least any plan could add. With one
+column this is the classic shortest-path DP over (segment boundary × tier); with two it
+keeps an exact Pareto front.
 """
 
 from __future__ import annotations
