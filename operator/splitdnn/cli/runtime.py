@@ -148,6 +148,10 @@ def serve(
                                          help="ORT threads per worker")] = 1,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1)] = 8,
     max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", min=0.0)] = 0.0,
+    spinning: Annotated[bool, typer.Option(
+        "--spinning/--no-spinning", help="ORT thread spinning in the workers (lower latency "
+                                         "when one request is in flight; off by default)")]
+    = False,
     exit_heads: Annotated[list[str] | None, typer.Option(
         "--exit-head", help="BLOCK:FILE:THRESHOLD, an early exit after a block (repeatable)")]
     = None,
@@ -163,6 +167,7 @@ def serve(
     host, port = host_port(http, "--http")
     options = ServeOptions(http_host=host, http_port=port, transport=transport, name=name,
                            threads=threads, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                           spinning=spinning,
                            exits=[parse_exit_head(text) for text in exit_heads or []])
 
     def started(info: dict[str, Any]) -> None:

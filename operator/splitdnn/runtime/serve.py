@@ -45,6 +45,7 @@ class ServeOptions:
     transport: str = "ipc"
     name: str | None = None
     threads: int | None = 1
+    spinning: bool = False
     max_batch: int = 8
     max_delay_ms: float = 0.0
     max_inflight: int = 64
@@ -97,7 +98,7 @@ def worker_configs(manifest: BlockManifest, endpoints: Endpoints,
             exit_head=head.file if head else None,
             exit_threshold=head.threshold if head else 1.0, exit_index=index,
             max_batch=options.max_batch, max_delay_ms=options.max_delay_ms,
-            threads=options.threads,
+            threads=options.threads, spinning=options.spinning,
         ))
     return configs
 
