@@ -81,35 +81,64 @@ def throughput(call: Callable[[], Any], workers: int, seconds: float,
     return sum(done) / (time.perf_counter() - began)
 
 
-def split_resnet(work: Path, blocks: int) -> tuple[Path, Path]:
-    resolved = resolve_model(MODEL)
-    graph = analyse_model(resolved.onnx_path, resolved.input_shape, source=MODEL)
-    out = work / f"resnet18-{blocks}"
-    split_model(graph, balanced_cuts(graph, blocks), out)
+def split_model_into(work: Path, model: str, blocks: int) -> tuple[Path, Path]:
+    resolved = resolve_model(model)
+    graph = analyse_model(resolved.onnx_path, resolved.input_shape, source=model)
+    out = work / f"{model.split(':')[-1]}-{blocks}"
+    if not out.is_dir():
+        split_model(graph, balanced_cuts(graph, blocks), out)
     return out, resolved.onnx_path
+
+
+def split_resnet(work: Path, blocks: int) -> tuple[Path, Path]:
+    return split_model_into(work, MODEL, blocks)
 
 
 def whole_engine(path: Path, threads: int, spinning: bool) -> BlockEngine:
     return BlockEngine(path, threads=threads, spinning=spinning)
 
 
+LATENCY_CONFIGS = [  # model, blocks, ORT threads (the whole model's and each worker's)
+    (MODEL, 3, CORES), (MODEL, 4, CORES), (MODEL, 3, 1), ("torchvision:resnet50", 3, CORES),
+]
+
+
+def traced_latencies(client: Client, x: np.ndarray, count: int) -> tuple[list[float], float]:
+    """End-to-end latencies, and the median time not spent between a worker's receive and
+    send (client, gateway and the transfers), from the requests' traces."""
+    times, outside = [], []
+    for _ in range(count):
+        began = time.time()
+        result = client.infer_result(x)
+        ended = time.time()
+        inside = sum(hop["t_out"] - hop["t_in"] for hop in result.trace)
+        times.append(ended - began)
+        outside.append(ended - began - inside)
+    return times, statistics.median(outside)
+
+
 def bench_latency(work: Path, rounds: int, count: int) -> list[dict[str, Any]]:
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     rows = []
-    for blocks in (3, 4):
-        directory, whole_path = split_resnet(work, blocks)
-        engines = [whole_engine(whole_path, CORES, spin) for spin in (True, False)]
-        options = ServeOptions(http_port=0, threads=CORES, max_batch=1, max_delay_ms=0)
+    for model, blocks, threads in LATENCY_CONFIGS:
+        directory, whole_path = split_model_into(work, model, blocks)
+        engines = [whole_engine(whole_path, threads, spin) for spin in (True, False)]
+        options = ServeOptions(http_port=0, threads=threads, max_batch=1, max_delay_ms=0)
         whole: list[float] = []
         piped: list[float] = []
+        outside: list[float] = []
         with ServeThread(directory, options) as served, Client(served.info["zmq"]) as client:
+            latencies(lambda c=client: c.infer(x), 3)
             for _ in range(rounds):
                 best = min((latencies(lambda e=e: e.run(x), count) for e in engines),
                            key=statistics.median)
                 whole += best
-                piped += latencies(lambda: client.infer(x), count)
-        rows.append({"blocks": blocks, "whole_ms": median_ms(whole),
-                     "pipeline_ms": median_ms(piped),
+                times, overhead = traced_latencies(client, x, count)
+                piped += times
+                outside.append(overhead)
+        rows.append({"model": model.split(":")[-1], "blocks": blocks, "threads": threads,
+                     "whole_ms": median_ms(whole), "pipeline_ms": median_ms(piped),
+                     "outside_ms": median_ms(outside),
                      "ratio": statistics.median(piped) / statistics.median(whole)})
     return rows
 
@@ -251,19 +280,25 @@ def bench_protocols(work: Path, rounds: int, count: int) -> list[dict[str, Any]]
 def report(latency: list[dict[str, Any]], through: list[dict[str, Any]],
            hops: list[dict[str, Any]], protocols: list[dict[str, Any]], load: str) -> str:
     lines = [
-        f"## Block runtime: `{MODEL}` served vs the whole model ({date.today().isoformat()})",
+        f"## Block runtime: served blocks vs the whole model ({date.today().isoformat()})",
         "",
         machine_line(),
         f"Load average before / after: {load} / {load_average()}.",
         "",
-        "Latency, one request in flight (median; pipeline through the native ZeroMQ client, "
-        "gateway included; target <= 1.05x):",
+        "Latency, one request in flight (median; the pipeline through the native ZeroMQ "
+        "client, gateway included, each worker with the whole model's ORT threads since only "
+        "one runs at a time, spinning off; the whole model in one session, best of spinning "
+        "on/off; target <= 1.05x). *Outside workers* is the part of a request's time not "
+        "spent between a worker's receive and send (client, gateway, the transfers), from the "
+        "requests' traces:",
         "",
-        "| blocks | whole model ms | pipeline ms | ratio |",
-        "|---:|---:|---:|---:|",
+        "| model | blocks | ORT threads | whole model ms | pipeline ms | outside workers ms "
+        "| ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['blocks']} | {r['whole_ms']:.2f} | {r['pipeline_ms']:.2f} | "
-              f"{r['ratio']:.3f}x |" for r in latency]
+    lines += [f"| {r['model']} | {r['blocks']} | {r['threads']} | {r['whole_ms']:.2f} | "
+              f"{r['pipeline_ms']:.2f} | {r['outside_ms']:.2f} | {r['ratio']:.3f}x |"
+              for r in latency]
     lines += ["", "Throughput, requests in flight (samples/s; target >= 0.9x the best "
               "whole-model configuration):", "",
               "| blocks | pipeline | best whole model | ratio | all whole-model configs |",
