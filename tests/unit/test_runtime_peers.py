@@ -3,7 +3,6 @@ resolves to, as a headless Service's replicas come and go."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,12 +11,7 @@ import pytest
 import zmq
 
 from splitdnn.runtime.peers import PeerSet, parse_dns_endpoint, resolve_all, tcp_endpoint
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from splitdnn.runtime.serve import free_tcp_port as free_port
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from splitdnn.runtime.serve import free_tcp_port as free_port
 from splitdnn.runtime.wire import Message, decode, encode
 from splitdnn.runtime.worker import Worker, WorkerConfig
 
@@ -312,14 +313,6 @@ def test_stalled_consumer_bounds_what_is_buffered(tmp_path: Path) -> None:
             assert accepted < 100, f"{accepted} messages accepted with a stalled consumer"
     finally:
         context.destroy(linger=0)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def http_get(url: str) -> tuple[int, str]:

@@ -64,10 +64,11 @@ def model_name(reference: str) -> str:
     return safe or "model"
 
 
-def _free_tcp_endpoint() -> str:
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick)."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 class Endpoints:
@@ -81,7 +82,7 @@ class Endpoints:
 
     def new(self, name: str) -> str:
         if self.transport == "tcp":
-            return _free_tcp_endpoint()
+            return f"tcp://127.0.0.1:{free_tcp_port()}"
         return f"ipc://{self.directory.name}/{name}"
 
 
