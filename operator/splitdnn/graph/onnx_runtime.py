@@ -11,6 +11,30 @@ from splitdnn.graph.errors import GraphError
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 
 
+def session_options(optimization: str = "all", threads: int | None = None,
+                    spinning: bool | None = None, log_level: int = 3) -> Any:
+    """ONNX Runtime session options: optimisation level, intra-op threads (inter-op 1 when
+    threads are given) and thread-pool spinning (None: ORT's default, which spins)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = log_level
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if spinning is not None:
+        for scope in ("intra_op", "inter_op"):
+            options.add_session_config_entry(f"session.{scope}.allow_spinning",
+                                             "1" if spinning else "0")
+    options.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    return options
+
+
 def cpu_session(
     model: str | bytes, optimization: str = "all", threads: int | None = None,
     log_level: int = 3,
@@ -18,16 +42,7 @@ def cpu_session(
     """An InferenceSession on the CPU provider; a model ORT rejects is a GraphError."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = log_level
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    options.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
+    options = session_options(optimization, threads, log_level=log_level)
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types

@@ -30,7 +30,7 @@ import numpy as np
 
 from splitdnn.graph.analysis import ModelGraph
 from splitdnn.graph.blocks import build_block
-from splitdnn.graph.onnx_runtime import random_input
+from splitdnn.graph.onnx_runtime import random_input, session_options
 from splitdnn.profiling.meters import MIN_ENERGY_WINDOW_S, EnergyMeter, detect_meter
 from splitdnn.profiling.signature import (
     SegmentSignature,
@@ -214,22 +214,15 @@ def make_session(model: bytes, provider: str, threads: int | None) -> Any:
 
     Graph optimisation ``all``; intra-op threads as asked, with thread-pool spinning off
     (``splitdnn.runtime``'s default: spinning threads of several sessions on a few cores
-    slow each other 3-5x). ``graph.onnx_runtime.cpu_session`` cannot set config entries,
-    hence this constructor.
+    slow each other 3-5x); the same options as the runtime's ``BlockEngine``, but only the
+    requested provider, which must really start.
     """
     import onnxruntime as ort
 
     if PROVIDERS[provider] not in ort.get_available_providers():
         raise ProfileError(f"--provider {provider}: ONNX Runtime here offers only "
                            f"{', '.join(ort.get_available_providers())}")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    for scope in ("intra_op", "inter_op"):
-        options.add_session_config_entry(f"session.{scope}.allow_spinning", "0")
+    options = session_options("all", threads, spinning=False)
     try:
         session = ort.InferenceSession(model, options, providers=[PROVIDERS[provider]])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from splitdnn.graph.onnx_runtime import session_options
+
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                        "CPUExecutionProvider")
 
@@ -82,15 +84,7 @@ class BlockEngine:
                  providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning",
-                                         "1" if spinning else "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning",
-                                         "1" if spinning else "0")
+        options = session_options("all", threads, spinning)
         wanted = choose_providers(usable_providers(ort.get_available_providers()), providers)
         self.session = ort.InferenceSession(str(path), options, providers=wanted)
         self.providers: list[str] = self.session.get_providers()
