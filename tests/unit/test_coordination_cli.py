@@ -53,10 +53,13 @@ def test_exhaustive_trains_every_candidate_and_no_skip_excludes_skip_paths() -> 
 
 
 def test_code_search_table() -> None:
+    """Without skip paths, whether a cross path beats the main path depends on block times
+    measured on this (possibly busy) machine: the table reports either outcome."""
     code, out, _ = invoke("code-search", *TINY, "--c-stop", "1", "--no-skip")
     assert code == 0
     text = " ".join(out.split())
-    assert "code search: A_0 =" in text and "best path [" in text
+    assert "code search: A_0 =" in text and "samples/s" in text
+    assert "best path [" in text or "no path beats the main path's throughput" in text
 
 
 @pytest.mark.parametrize(("extra", "message"), [
