@@ -77,9 +77,9 @@ def operator(api: Api, devcluster: dict[str, Any],
     assert "Traceback" not in output, output[-4000:]
 
 
-def service(name: str, **spec: Any) -> dict[str, Any]:
+def service(name: str, model: str = MODEL, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "model": {"source": MODEL, "inputShape": [1, 3, 224, 224]},
+        "model": {"source": model, "inputShape": [1, 3, 224, 224]},
         "source": {"tier": "jetson"},
         "tiers": [{"name": "jetson", "nodeSelector": {"splitdnn.io/device-class": "jetson-nano"}},
                   {"name": "v100", "nodeSelector": {
@@ -161,6 +161,11 @@ def test_service_becomes_ready_and_serves_correct_results(
                       labelSelector="splitdnn.io/profile=true")["items"]
     assert {cm["metadata"]["labels"]["splitdnn.io/hardware-class"] for cm in profiles} == {
         "jetson-nano", "v100-server"}
+    links = api.ok("GET", f"/api/v1/namespaces/{namespace}/configmaps",
+                   labelSelector="splitdnn.io/link=true")["items"]
+    assert [(cm["metadata"]["labels"]["splitdnn.io/link-from"],
+             cm["metadata"]["labels"]["splitdnn.io/link-to"]) for cm in links] == [
+        ("jetson-nano", "v100-server")]
     batch = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     with Client(gateway_url(api, namespace, "rn")) as client:
         output = client.infer(batch)
@@ -207,12 +212,10 @@ def test_unknown_model_stalls_with_a_message(api: Api, namespace: str,
     assert condition(stalled, "Ready")["status"] == "False"
 
 
-def test_deletion_removes_children_and_releases_finalizers(
-        api: Api, namespace: str, operator: OperatorProcess) -> None:
-    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("gone"))
-    wait_ready(api, namespace, "gone")
-    api.ok("DELETE", f"{GROUP_PATH}/{namespace}/dnnservices/gone")
-    api.wait_for(f"{GROUP_PATH}/{namespace}/dnnservices/gone", lambda r: r == 404,
+def assert_deletion_cleans_up(api: Api, namespace: str, name: str) -> None:
+    """Deleting the service removes every child and the finalizer lets it go."""
+    api.ok("DELETE", f"{GROUP_PATH}/{namespace}/dnnservices/{name}")
+    api.wait_for(f"{GROUP_PATH}/{namespace}/dnnservices/{name}", lambda r: r == 404,
                  timeout=60, what="the DNNService to go")
     for kind in ("apis/apps/v1/namespaces/{ns}/deployments", "api/v1/namespaces/{ns}/services",
                  "apis/batch/v1/namespaces/{ns}/jobs", "apis/splitdnn.io/v1alpha1/namespaces/"
@@ -229,9 +232,11 @@ def names(api: Api, namespace: str, path: str, selector: str = "") -> list[str]:
 
 
 def plan_settled(api: Api, namespace: str, name: str, placement: str) -> Any:
-    return lambda p: isinstance(p, dict) and (p.get("status") or {}).get("placement") == \
-        placement and condition(p, "Ready").get("status") == "True" and \
-        p["status"].get("observedGeneration") == p["metadata"]["generation"]
+    """The plan serves, its status is current and its placement starts with ``placement``."""
+    return lambda p: isinstance(p, dict) and str((p.get("status") or {}).get(
+        "placement", "")).startswith(placement) and condition(p, "Ready").get(
+        "status") == "True" and p["status"].get("observedGeneration") == p["metadata"][
+        "generation"]
 
 
 def test_spec_change_replans_make_before_break(api: Api, namespace: str,
@@ -296,7 +301,8 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     ready = wait_ready(api, namespace, "rs")
     jobs = names(api, namespace, "/apis/batch/v1/namespaces/{ns}/jobs")
     assert len([j for j in jobs if "-analyse-" in j]) == 1, jobs
-    assert len([j for j in jobs if "-profile-" in j]) <= 2, jobs
+    assert len([j for j in jobs if "-profile-" in j]) == 2, jobs
+    assert len([j for j in jobs if "-netprobe-" in j]) == 1, jobs
     plan = api.ok("GET", f"{GROUP_PATH}/{namespace}/splitplans/rs")
     deployments = names(api, namespace, "/apis/apps/v1/namespaces/{ns}/deployments")
     assert len(deployments) == len(plan["spec"]["stages"]) + 1, deployments  # + gateway
@@ -307,14 +313,16 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     assert finalizers.count("splitdnn.io/finalizer") == 1, finalizers
 
 
-def test_node_down_of_a_used_class_replans_within_60_seconds(
+def test_node_down_replans_within_60_seconds_then_deletion_cleans_up(
         api: Api, namespace: str, operator: OperatorProcess, devcluster: dict[str, Any]) -> None:
     from splitdnn.devcluster.manage import set_node
 
-    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices", service("nd"))
+    # ResNet-50: enough compute per input byte that the V100 node, with four times the
+    # Jetson's CPU quota, is worth the input's transfer over the 40 Mbit/s link
+    api.ok("POST", f"{GROUP_PATH}/{namespace}/dnnservices",
+           service("nd", "torchvision:resnet50"))
     wait_ready(api, namespace, "nd")
     plan = api.ok("GET", f"{GROUP_PATH}/{namespace}/splitplans/nd")
-    # the V100 node has four times the Jetson's CPU quota: the planner uses it
     assert "v100" in {s["tier"] for s in plan["spec"]["stages"]}, plan["spec"]["stages"]
     state_dir = Path(devcluster["stateDir"])
     set_node(state_dir, "v100-0", up=False)
@@ -326,7 +334,8 @@ def test_node_down_of_a_used_class_replans_within_60_seconds(
                      what="a plan without the V100 tier")
         assert time.monotonic() - started < 60
         api.wait_for(f"{GROUP_PATH}/{namespace}/splitplans/nd",
-                     plan_settled(api, namespace, "nd", "jetson[0-48]"), timeout=120,
+                     plan_settled(api, namespace, "nd", "jetson[0-121]"), timeout=120,
                      what="the new plan to serve")
     finally:
         set_node(state_dir, "v100-0", up=True)
+    assert_deletion_cleans_up(api, namespace, "nd")

@@ -138,8 +138,7 @@ def test_jobs_fail_fast_on_bad_input_and_pin_profiling_to_a_node() -> None:
 
 def test_gateway_sends_to_the_first_stage_from_the_source_tier() -> None:
     manifest = children.gateway_manifest(
-        {"model": "torchvision:resnet18", "input": {"name": "x"}, "output": {"name": "y"}},
-        PLAN["spec"]["stages"])
+        {"model": "torchvision:resnet18", "input": {"name": "x"}, "output": {"name": "y"}})
     gateway = children.build_gateway_deployment(SERVICE, "rn", "rn-stage0-r.ns.svc.cluster.local",
                                                 manifest, "img", OperatorConfig(), {"a": "b"}, [])
     pod = gateway["spec"]["template"]["spec"]
@@ -147,6 +146,9 @@ def test_gateway_sends_to_the_first_stage_from_the_source_tier() -> None:
     assert args[args.index("--first") + 1] == "dns+tcp://rn-stage0-r.ns.svc.cluster.local:5555"
     assert pod["nodeSelector"] == {"a": "b"}
     assert gateway["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    other = children.build_gateway_deployment(SERVICE, "pinned", "rn-stage0-r.ns.svc.cluster.local",
+                                              manifest, "img", OperatorConfig(), {"a": "b"}, [])
+    assert other["spec"]["template"] == gateway["spec"]["template"]  # a replan: no restart
     assert children.gateway_url("rn", "ns", OperatorConfig()) == \
         "http://rn-gateway.ns.svc.cluster.local:8000"
 
@@ -221,3 +223,32 @@ def test_demo_adapts_the_example_to_the_emulated_cluster() -> None:
     adapted = adapt_example(example, said.append)
     assert "nodeSelector" not in adapted["spec"]["source"] and "slo" not in adapted["spec"]
     assert len(said) == 2 and adapted["spec"]["tiers"] == example["spec"]["tiers"]
+
+
+def test_link_profile_gives_bandwidth_from_the_large_transfers() -> None:
+    from splitdnn.controller.planner import link_from_profile
+
+    # 40 Mbit/s with 1 ms each way: rtt = 2 + bytes * 8 / 40_000 ms
+    sizes = [1024, 65536, 1 << 20, 4 << 20]
+    profile = {"sizes_bytes": sizes, "rtt_ms": [2 + size * 8 / 40_000 for size in sizes],
+               "fits": {"linear": {"latency_ms": 0.0, "bandwidth_mb_s": 7.6}}}
+    bandwidth, latency = link_from_profile(profile)
+    assert bandwidth == pytest.approx(40.0) and latency == pytest.approx(1.0)
+    tiers = [PlanTier("edge", "jetson", {}), PlanTier("gpu", "v100", {})]
+    problem = build_problem(ANALYSIS, tiers, {"jetson": costs(1, 1, 1), "v100": costs(1, 1, 1)},
+                            {"source": {"tier": "edge"}}, (100.0, 2.0),
+                            {("v100", "jetson"): (bandwidth, latency)})
+    assert sorted((link.from_, round(link.bandwidth_mbps, 6)) for link in problem.links) == [
+        ("edge", 40.0), ("gpu", 40.0)]
+
+
+def test_netprofile_client_waits_for_the_server_ip() -> None:
+    jobs = children.build_netprofile_jobs(SERVICE, ("a", "b"), "n1", "n2", None, ("i", "j"),
+                                          ([], []))
+    assert len(jobs) == 1 and jobs[0]["spec"]["template"]["spec"]["nodeSelector"] == {
+        "kubernetes.io/hostname": "n1"}
+    _, client = children.build_netprofile_jobs(SERVICE, ("a", "b"), "n1", "n2", "10.0.0.5",
+                                               ("i", "j"), ([], []))
+    args = client["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["netprofile", "--peer", "tcp://10.0.0.5:5557"]
+    assert client["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "n2"}

@@ -122,6 +122,32 @@ def build_profile_job(service: Obj, hardware_class: str, node: str, image: str,
                image, args, {"kubernetes.io/hostname": node}, tolerations)
 
 
+NETPROFILE_PORT = 5557
+
+
+def build_netprofile_jobs(service: Obj, pair: tuple[str, str], server_node: str,
+                          client_node: str, server_ip: str | None, images: tuple[str, str],
+                          tolerations: tuple[list[Obj], list[Obj]]) -> list[Obj]:
+    """The link measurement between two classes: a ``netprofile --serve`` Job on a node of
+    the first, then (once its pod has an IP) a ``netprofile --peer`` Job on the second."""
+    meta = service["metadata"]
+    key = digest(*pair)
+    labels = {"splitdnn.io/service": meta["name"], "splitdnn.io/link-from": pair[0],
+              "splitdnn.io/link-to": pair[1]}
+    jobs = [job(f"{meta['name'][:40]}-netserve-{key}", meta["namespace"],
+                {**labels, "splitdnn.io/job": "netserve"}, images[0],
+                ["netprofile", "--serve", f"tcp://*:{NETPROFILE_PORT}", "--once"],
+                {"kubernetes.io/hostname": server_node}, tolerations[0])]
+    if server_ip:
+        jobs.append(job(f"{meta['name'][:40]}-netprobe-{key}", meta["namespace"],
+                        {**labels, "splitdnn.io/job": "netprobe"}, images[1],
+                        ["netprofile", "--peer", f"tcp://{server_ip}:{NETPROFILE_PORT}",
+                         "--out", "link.json", "--json", "--sizes", "1KB,64KB,1MB,4MB",
+                         "--repeats", "5"],
+                        {"kubernetes.io/hostname": client_node}, tolerations[1]))
+    return jobs
+
+
 def build_configmap(name: str, namespace: str, labels: dict[str, str],
                     data: dict[str, str]) -> Obj:
     return {"apiVersion": "v1", "kind": "ConfigMap",
@@ -246,11 +272,12 @@ def gateway_url(service: str, namespace: str, config: OperatorConfig) -> str:
     return f"http://{gateway_name(service)}.{namespace}.svc.cluster.local:{config.gateway_port}"
 
 
-def gateway_manifest(analysis: Obj, stages: list[Obj]) -> Obj:
-    """The split manifest the gateway reads: model name, input, output, one entry per block."""
+def gateway_manifest(analysis: Obj) -> Obj:
+    """The split manifest the gateway reads: model name, input and output. It does not
+    depend on the plan, so a replan does not restart the gateway; the one block entry only
+    says requests are sent one by one (``batch_free`` false)."""
     return {"model": analysis["model"], "input": analysis["input"],
-            "output": analysis["output"],
-            "blocks": [{"layers": s["layers"], "batch_free": False} for s in stages]}
+            "output": analysis["output"], "blocks": [{"batch_free": False}]}
 
 
 def build_gateway_deployment(service: Obj, plan_name: str, first_host: str, manifest: Obj,

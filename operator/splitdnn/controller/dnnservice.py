@@ -22,8 +22,10 @@ from splitdnn.controller.discovery import HardwareClass, discover_classes, match
 from splitdnn.controller.kube import Kube, Obj, adopt
 from splitdnn.controller.metrics import PLAN_SECONDS
 from splitdnn.controller.planner import (
+    Link,
     PlanTier,
     build_problem,
+    link_from_profile,
     placement,
     plan_spec,
     segment_costs,
@@ -34,6 +36,7 @@ from splitdnn.profiling import Profile, ProfileError, merge_profiles
 log = logging.getLogger("splitdnn.operator")
 PROFILE_LABEL = "splitdnn.io/profile"
 CLASS_LABEL = "splitdnn.io/hardware-class"
+LINK_LABEL = "splitdnn.io/link"
 PROBLEM_ANNOTATION = "splitdnn.io/problem-hash"
 GENERATION_ANNOTATION = "splitdnn.io/service-generation"
 MAX_CONFIGMAP_BYTES = 900_000  # below the API's 1 MiB object limit
@@ -80,8 +83,15 @@ class Reconcile:
         analysis = self.analysis()
         tiers = self.tiers()
         self.status["hardwareClasses"] = sorted({t.hardware_class for t in tiers})
+        pinned = self.pinned_plan()
+        if pinned is not None:  # rolled out as written: nothing to profile or plan
+            self.step("Planned", True, "Pinned",
+                      f"SplitPlan {pinned['metadata']['name']} is pinned; not replanning")
+            self.report(str(pinned["metadata"]["name"]))
+            return
         profiles = self.profiles(analysis, tiers)
-        plan_name = self.plan(analysis, tiers, profiles)
+        links = self.links(tiers)
+        plan_name = self.plan(analysis, tiers, profiles, links)
         self.report(plan_name)
 
     def validate(self) -> None:
@@ -108,8 +118,9 @@ class Reconcile:
         return state, self.kube.pod_log(self.namespace, pods[-1]["metadata"]["name"]) \
             if pods else ""
 
-    def run_job(self, job: Obj, what: str) -> Obj | None:
-        """Start ``job`` (once) and return its JSON output once it completed."""
+    def run_job(self, job: Obj, what: str, field: str = "spec.model.source") -> Obj | None:
+        """Start ``job`` (once) and return its JSON output once it completed; a failed Job
+        stalls the service with ``field`` (what the user would change) and the log's end."""
         adopt(job, self.body)
         existing = self.kube.get("Job", self.namespace, job["metadata"]["name"])
         if existing is None:
@@ -120,14 +131,15 @@ class Reconcile:
         state, output = self.job_output(existing)
         if state == "Failed":
             tail = output.strip().splitlines()[-3:]
-            raise self.stall(f"{what.title()}Failed",
-                             f"spec.model.source: {what} job {job['metadata']['name']} "
+            raise self.stall(f"{what.title().replace(' ', '')}Failed",
+                             f"{field}: {what} job {job['metadata']['name']} "
                              f"failed: {' | '.join(tail) or 'no output'}")
         if state is None:
             return None
         line = next((ln for ln in reversed(output.splitlines()) if ln.startswith("{")), None)
         if line is None:
-            raise self.stall(f"{what.title()}Failed", f"{what} job printed no JSON result")
+            raise self.stall(f"{what.title().replace(' ', '')}Failed",
+                             f"{what} job printed no JSON result")
         result: Obj = json.loads(line)
         return result
 
@@ -196,9 +208,13 @@ class Reconcile:
                 continue
             by_class.setdefault(profile.hardware_class, []).append(profile)
         keys = {s["key"] for s in analysis["signatures"]}
+        # a class has data for this model once a sampled profile's worth of its signatures
+        # is measured there (other models' profiles may cover some of them)
+        enough = max(1, int(self.config.profile_fraction * len(keys)))
         waiting: list[str] = []
         for tier in {t.hardware_class: t for t in tiers}.values():
-            if any(keys & set(p.entries) for p in by_class.get(tier.hardware_class, [])):
+            covered = set().union(*(p.entries for p in by_class.get(tier.hardware_class, [])))
+            if len(keys & covered) >= enough:
                 continue
             measured = self.profile_class(tier, self.classes[tier.hardware_class])
             if measured is None:
@@ -230,22 +246,87 @@ class Reconcile:
                   message=f"{tier.hardware_class}: {len(result['entries'])} signatures")
         return Profile.from_dict(json.loads(text))
 
+    def links(self, tiers: list[PlanTier]) -> dict[tuple[str, str], Link]:
+        """Measured links between every two classes in use; netprofile Jobs for the rest."""
+        by_class = {t.hardware_class: t for t in tiers}
+        classes = sorted(by_class)
+        stored = {(cm["metadata"]["labels"]["splitdnn.io/link-from"],
+                   cm["metadata"]["labels"]["splitdnn.io/link-to"]): cm
+                  for cm in self.kube.list("ConfigMap", self.namespace, f"{LINK_LABEL}=true")}
+        links: dict[tuple[str, str], Link] = {}
+        waiting = []
+        for index, first in enumerate(classes):
+            for second in classes[index + 1:]:
+                cm = stored.get((first, second))
+                if cm is not None:
+                    links[(first, second)] = link_from_profile(json.loads(cm["data"]["link.json"]))
+                    continue
+                measured = self.measure_link(by_class[first], by_class[second])
+                if measured is None:
+                    waiting.append(f"{first}-{second}")
+                else:
+                    links[(first, second)] = measured
+        if waiting:
+            self.step("Profiled", None, "ProfilingLinks", f"measuring links {', '.join(waiting)}")
+            raise self.wait("ProfilingLinks", f"netprofile jobs running for {', '.join(waiting)}")
+        return links
+
+    def measure_link(self, server: PlanTier, client: PlanTier) -> Link | None:
+        """Start (once) the server and then the client netprofile Job; their result once done."""
+        nodes = (self.classes[server.hardware_class].ready_nodes[0],
+                 self.classes[client.hardware_class].ready_nodes[0])
+        images = (self.config.image_for(server.hardware_class, server.node_selector),
+                  self.config.image_for(client.hardware_class, client.node_selector))
+        pair = (server.hardware_class, client.hardware_class)
+        serve_job = children.build_netprofile_jobs(self.body, pair, *nodes, None, images,
+                                                   (server.tolerations, client.tolerations))[0]
+        tolerations = (server.tolerations, client.tolerations)
+        probe_name = children.build_netprofile_jobs(self.body, pair, *nodes, "-", images,
+                                                    tolerations)[1]["metadata"]["name"]
+        client_job = self.kube.get("Job", self.namespace, probe_name)
+        if client_job is None:
+            pods = self.kube.list("Pod", self.namespace,
+                                  f"job-name={serve_job['metadata']['name']}")
+            ip = next((p["status"]["podIP"] for p in pods if (p.get("status") or {}).get(
+                "phase") == "Running" and p["status"].get("podIP")), None)
+            if ip is None:
+                if self.kube.get("Job", self.namespace, serve_job["metadata"]["name"]) is None:
+                    self.kube.apply(adopt(serve_job, self.body))
+                return None
+            client_job = children.build_netprofile_jobs(self.body, pair, *nodes, ip, images,
+                                                        tolerations)[1]
+        existing = self.kube.get("Job", self.namespace, client_job["metadata"]["name"])
+        state, output = self.job_output(existing) if existing else (None, "")
+        if state == "Failed":  # not fatal: plan with the configured link, say so
+            message = (f"{pair[0]} <-> {pair[1]}: link measurement failed ("
+                       f"{' | '.join(output.strip().splitlines()[-1:])[:300]}); using the "
+                       f"configured {self.config.link_bandwidth_mbps} Mbit/s")
+            kopf.warn(self.event_target, reason="LinkProfileFailed", message=message)
+            return self.config.link_bandwidth_mbps, self.config.link_latency_ms
+        result = self.run_job(client_job, "link profile", "spec.tiers")
+        if result is None:
+            return None
+        self.kube.apply(children.build_configmap(
+            f"splitdnn-link-{children.digest(*pair)}", self.namespace,
+            {LINK_LABEL: "true", "splitdnn.io/link-from": pair[0],
+             "splitdnn.io/link-to": pair[1]}, {"link.json": json.dumps(result)}))
+        link = link_from_profile(result)
+        kopf.info(self.event_target, reason="LinkProfiled",
+                  message=f"{pair[0]} <-> {pair[1]}: {link[0]:.1f} Mbit/s, {link[1]:.2f} ms")
+        return link
+
     def pinned_plan(self) -> Obj | None:
         plans = self.kube.list("SplitPlan", self.namespace)
         pinned = [p for p in plans if (p["metadata"].get("annotations") or {}).get(
             PINNED_ANNOTATION) == "true" and p["spec"]["serviceRef"]["name"] == self.name]
         return min(pinned, key=lambda p: p["metadata"]["name"]) if pinned else None
 
-    def plan(self, analysis: Obj, tiers: list[PlanTier], profiles: dict[str, Profile]) -> str:
-        pinned = self.pinned_plan()
-        if pinned is not None:
-            self.step("Planned", True, "Pinned",
-                      f"SplitPlan {pinned['metadata']['name']} is pinned; not replanning")
-            return str(pinned["metadata"]["name"])
+    def plan(self, analysis: Obj, tiers: list[PlanTier], profiles: dict[str, Profile],
+             links: dict[tuple[str, str], Link]) -> str:
         started = time.perf_counter()
         costs = segment_costs(analysis, profiles, sorted({t.hardware_class for t in tiers}))
         link = (self.config.link_bandwidth_mbps, self.config.link_latency_ms)
-        problem = build_problem(analysis, tiers, costs, self.spec, link)
+        problem = build_problem(analysis, tiers, costs, self.spec, link, links)
         problem_hash = children.digest(problem.model_dump(mode="json"), length=16)
         current = self.kube.get("SplitPlan", self.namespace, self.name)
         annotations = (current or {}).get("metadata", {}).get("annotations") or {}

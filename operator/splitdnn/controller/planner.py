@@ -47,9 +47,33 @@ def segment_costs(analysis: Obj, profiles: dict[str, Profile], classes: list[str
             for cls in classes}
 
 
+Link = tuple[float, float]  # (bandwidth Mbit/s, one-way latency ms)
+
+
+def link_from_profile(profile: Obj) -> Link:
+    """A ``netprofile`` link profile as the planner's link (bandwidth, one-way latency).
+
+    The bandwidth is the slope between the two largest measured sizes, where the transfer
+    time is all bandwidth (the tensors the planner weighs are that large); the latency is
+    half the smallest size's round trip beyond its transfer time (the reply is tiny).
+    """
+    sizes, rtts = profile["sizes_bytes"], profile["rtt_ms"]
+    if len(sizes) < 2 or rtts[-1] <= rtts[-2]:
+        linear = profile["fits"]["linear"]
+        return linear["bandwidth_mb_s"] * (1 << 20) * 8 / 1e6, max(0.0, linear["latency_ms"] / 2)
+    mbps = (sizes[-1] - sizes[-2]) * 8 / (1000 * (rtts[-1] - rtts[-2]))
+    latency = (rtts[0] - sizes[0] * 8 / (1000 * mbps)) / 2
+    return mbps, max(0.0, latency)
+
+
 def build_problem(analysis: Obj, tiers: list[PlanTier], costs: dict[str, list[Obj]],
-                  spec: Obj, link: tuple[float, float]) -> Problem:
-    """The ``splitdnn plan`` problem of a service: its segments on its tiers."""
+                  spec: Obj, link: Link,
+                  measured_links: dict[tuple[str, str], Link] | None = None) -> Problem:
+    """The ``splitdnn plan`` problem of a service: its segments on its tiers.
+
+    ``measured_links`` maps a pair of hardware classes (either order) to its measured link;
+    pairs without one get ``link``.
+    """
     segments = [{"name": f"s{s['index']}", "output_bytes": s["output_bytes"],
                  "params_bytes": s["params_bytes"]} for s in analysis["segments"]]
     problem_tiers = []
@@ -60,8 +84,16 @@ def build_problem(analysis: Obj, tiers: list[PlanTier], costs: dict[str, list[Ob
         if None not in energies:
             entry["energy_mj"] = energies
         problem_tiers.append(entry)
-    bandwidth, latency = link
-    links = [{"from": a.name, "to": b.name, "bandwidth_mbps": bandwidth, "latency_ms": latency}
+    measured = measured_links or {}
+
+    def between(a: PlanTier, b: PlanTier) -> Link:
+        pair = (a.hardware_class, b.hardware_class)
+        if a.hardware_class == b.hardware_class:
+            return link  # nodes of one class: not measured
+        return measured.get(pair) or measured.get(pair[::-1]) or link
+
+    links = [{"from": a.name, "to": b.name, "bandwidth_mbps": between(a, b)[0],
+              "latency_ms": between(a, b)[1]}
              for a in tiers for b in tiers if a.name != b.name]
     slo = spec.get("slo") or {}
     objective = spec.get("objective") or {}

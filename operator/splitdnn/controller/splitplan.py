@@ -184,7 +184,7 @@ class PlanRollout:
         gateway = children.build_gateway_deployment(
             service, self.name,
             children.stage_host(children.entry_name(service["metadata"]["name"]), self.namespace),
-            children.gateway_manifest(analysis, self.stages),
+            children.gateway_manifest(analysis),
             (service["spec"].get("runtime") or {}).get("image") or self.config.image_cpu,
             self.config, selector, (tier or {}).get("tolerations") or [])
         self.kube.apply(adopt(children.build_gateway_service(service, self.config), service))
