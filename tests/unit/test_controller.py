@@ -252,3 +252,22 @@ def test_netprofile_client_waits_for_the_server_ip() -> None:
     args = client["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:3] == ["netprofile", "--peer", "tcp://10.0.0.5:5557"]
     assert client["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "n2"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["operator", "--standalone"], "--all-namespaces or --namespace"),
+    (["operator", "--all-namespaces"], "--standalone or --peering"),
+    (["operator", "--all-namespaces", "--standalone", "--log-level=loud"], "--log-level"),
+    (["plan-gateway", "--first", "tcp://x:1"], "--manifest-env"),
+    (["model-facts", "torchvision:no_such_net"], "no_such_net"),
+])
+def test_operator_commands_refuse_bad_input_with_exit_2(args: list[str], message: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    monkeypatch.delenv("SPLITDNN_GATEWAY_MANIFEST", raising=False)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
