@@ -21,12 +21,13 @@ def context() -> Iterator[zmq.Context[Any]]:
     ctx.destroy(linger=0)
 
 
-def drain(sockets: list[zmq.Socket[Any]]) -> list[int]:
+def drain(sockets: list[zmq.Socket[Any]], quiet_ms: int = 300) -> list[int]:
+    """How many messages each socket receives until it has been quiet for ``quiet_ms``."""
     counts = []
     for sock in sockets:
         received = 0
-        while sock.poll(300):
-            sock.recv()
+        while sock.poll(quiet_ms):
+            sock.recv_multipart()
             received += 1
         counts.append(received)
     return counts

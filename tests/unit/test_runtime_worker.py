@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from splitdnn.runtime.serve import free_tcp_port as free_port
 from splitdnn.runtime.wire import Message, decode, encode
 from splitdnn.runtime.worker import Worker, WorkerConfig
+from tests.unit.test_runtime_peers import drain
 
 WEIGHTS = np.arange(16, dtype=np.float32).reshape(4, 4) / 10
 
@@ -143,14 +144,7 @@ def test_next_stage_replicas_share_the_load(tmp_path: Path) -> None:
             time.sleep(0.2)  # both connections up, so round-robin sees both replicas
             for index in range(10):
                 h.send(np.ones((1, 4), np.float32), f"lb{index}")
-            counts = []
-            for replica in replicas:
-                received = 0
-                while replica.poll(500):
-                    replica.recv_multipart()
-                    received += 1
-                counts.append(received)
-            assert counts == [5, 5]
+            assert drain(replicas, quiet_ms=500) == [5, 5]
     finally:
         context.destroy(linger=0)
 
