@@ -1,4 +1,5 @@
-"""Shared test fixtures: an export cache shared by the whole session."""
+"""Shared test fixtures: an export cache shared by the whole session; the ``--cluster``
+options of the integration tier (tests/integration/cluster.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.integration.cluster import add_options, read_options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    read_options(config)  # a --cluster option that cannot work is a usage error at once
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,12 +1,18 @@
-"""Integration tier: one devcluster per session, talked to over HTTP and with real kubectl.
+"""Integration tier: one cluster per session, talked to over HTTP and with real kubectl.
 
-The cluster runs from a temporary state dir with a test config (fast restarts and
-evictions, a 40 Mbit/s link); each test works in its own namespace. kubectl comes from
+By default the cluster is a devcluster run from a temporary state dir with a test config
+(fast restarts and evictions, a 40 Mbit/s link). With ``pytest --cluster`` it is the cluster
+of a kubeconfig instead (``tests/integration/cluster.py``): the ``cluster`` fixture names
+it, ``api`` authenticates as the kubeconfig says, and what only the devcluster has skips
+with the reason: the ``test_devcluster_*`` modules (the emulator's own tests), tests that
+take the ``devcluster`` fixture themselves (node-down/up, the state dir, shaped links) and
+tests marked ``devcluster_only``. Each test works in its own namespace. kubectl comes from
 ``make tools`` (``.tools/kubectl``); tests that need it skip with the reason when it is absent.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -20,40 +26,41 @@ import pytest
 import requests
 
 from splitdnn.devcluster import start, stop
+from tests.integration.cluster import (
+    ClusterOptions,
+    authenticated_session,
+    describe,
+    load_kubeconfig,
+    read_options,
+)
+from tests.integration.operators import (
+    InstalledOperator,
+    LocalOperator,
+    OperatorProcess,
+    install_crds,
+    running_chart_operators,
+    topology_problems,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "kubectl"
-TEST_CONFIG = """
-classes:
-  jetson-nano:
-    labels: {splitdnn.io/device-class: jetson-nano, kubernetes.io/arch: arm64}
-    kernelVersion: 4.9.337-tegra
-    capacity: {cpu: "4", memory: 4Gi, pods: "32"}
-    cpuQuota: 0.25
-  v100-server:
-    labels:
-      splitdnn.io/device-class: v100-server
-      nvidia.com/gpu.product: Tesla-V100-SXM2-16GB
-      nvidia.com/gpu.count: "1"
-    capacity: {cpu: "8", memory: 32Gi, nvidia.com/gpu: "1"}
-    cpuQuota: 1.0
-nodes:
-  - {name: jetson-0, class: jetson-nano}
-  - {name: v100-0, class: v100-server}
-links:
-  - {between: [jetson-0, v100-0], bandwidthMbit: 40, delayMs: 1}
-images:
-  - {match: "*splitdnn*", entrypoint: [splitdnn], cmd: [--help]}
-kubelet: {restartBackoffSeconds: 0.2, podEvictionSeconds: 2}
-"""
+TEST_CONFIG = (Path(__file__).parent / "devcluster-test.yaml").read_text()
 
 
 class Api:
-    """A thin JSON client for the emulated API server."""
+    """A thin JSON client for the API server (the devcluster's, or a real one's)."""
 
-    def __init__(self, server: str, state_dir: Path) -> None:
+    def __init__(self, server: str, state_dir: Path | None = None,
+                 session: requests.Session | None = None) -> None:
         self.server, self.state_dir = server, state_dir
-        self.session = requests.Session()
+        self.session = session or requests.Session()
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str, state_dir: Path | None = None) -> Api:
+        """The current context's server, with its credentials and CA."""
+        configuration = load_kubeconfig(kubeconfig)
+        return cls(configuration.host.rstrip("/"), state_dir,
+                   authenticated_session(configuration))
 
     def request(self, method: str, path: str, body: Any = None,
                 content_type: str = "application/json", **params: Any) -> requests.Response:
@@ -82,13 +89,50 @@ class Api:
                              f"{json.dumps(last)[:2000]}")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "devcluster_only(reason): needs the devcluster; "
+                                       "skipped with --cluster")
+
+
+def devcluster_only(item: pytest.Item) -> str | None:
+    """Why ``item`` cannot run against a real cluster, or None."""
+    if Path(str(item.path)).name.startswith("test_devcluster_"):
+        return "a test of the devcluster emulator itself"
+    marker = item.get_closest_marker("devcluster_only")
+    if marker is not None:
+        return str(marker.kwargs.get("reason") or (marker.args or ["needs the devcluster"])[0])
+    function = getattr(item, "function", None)
+    if function is not None and "devcluster" in inspect.signature(function).parameters:
+        return "uses the devcluster's own features (node down/up, its state dir or config)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not read_options(config).enabled:
+        return
+    here = Path(__file__).parent
+    for item in items:
+        reason = devcluster_only(item) if here in Path(str(item.path)).parents else None
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=f"--cluster: {reason}"))
+
+
 @pytest.fixture(scope="session")
-def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def cluster_options(pytestconfig: pytest.Config) -> ClusterOptions:
+    return read_options(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def devcluster(tmp_path_factory: pytest.TempPathFactory,
+               cluster_options: ClusterOptions) -> Iterator[dict[str, Any]]:
+    if cluster_options.enabled:
+        pytest.skip("--cluster: needs the devcluster")
     state_dir = tmp_path_factory.mktemp("devcluster")
     config = state_dir.parent / "devcluster-test.yaml"
     config.write_text(TEST_CONFIG)
     state = start(state_dir, config, exit_with=os.getpid())  # no leftovers if pytest is killed
     state["stateDir"] = str(state_dir)
+    state["devcluster"] = True
     try:
         yield state
     finally:
@@ -96,8 +140,27 @@ def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 
 
 @pytest.fixture(scope="session")
-def api(devcluster: dict[str, Any]) -> Api:
-    return Api(devcluster["server"], Path(devcluster["stateDir"]))
+def cluster(request: pytest.FixtureRequest, cluster_options: ClusterOptions) -> dict[str, Any]:
+    """The cluster under test: ``kubeconfig``, ``server``, ``devcluster`` (bool), and for
+    ``--cluster`` how the operator runs (``operator``, ``operatorNamespace``, ``operatorEnv``)."""
+    if not cluster_options.enabled:
+        state: dict[str, Any] = request.getfixturevalue("devcluster")
+        return state
+    target = describe(cluster_options)
+    api = Api.from_kubeconfig(target["kubeconfig"])
+    try:
+        version = api.ok("GET", "/version")
+    except (requests.RequestException, AssertionError) as error:
+        pytest.exit(f"--cluster: the API server of {target['kubeconfig']} "
+                    f"({target['server']}) does not answer: {error}", returncode=4)
+    target["version"] = version.get("gitVersion")
+    return target
+
+
+@pytest.fixture(scope="session")
+def api(cluster: dict[str, Any]) -> Api:
+    state_dir = cluster.get("stateDir")
+    return Api.from_kubeconfig(cluster["kubeconfig"], Path(state_dir) if state_dir else None)
 
 
 @pytest.fixture
@@ -109,12 +172,12 @@ def namespace(api: Api) -> Iterator[str]:
 
 
 @pytest.fixture
-def kubectl(devcluster: dict[str, Any], namespace: str) -> Callable[..., str]:
+def kubectl(cluster: dict[str, Any], namespace: str) -> Callable[..., str]:
     if not KUBECTL.exists():
         pytest.skip("kubectl not fetched: run `make tools`")
 
     def run(*args: str, stdin: str | None = None, check: bool = True) -> str:
-        env = dict(os.environ, KUBECONFIG=devcluster["kubeconfig"])
+        env = dict(os.environ, KUBECONFIG=cluster["kubeconfig"])
         result = subprocess.run([str(KUBECTL), "-n", namespace, *args], input=stdin,
                                 capture_output=True, text=True, env=env, timeout=60)
         if check:
@@ -122,3 +185,39 @@ def kubectl(devcluster: dict[str, Any], namespace: str) -> Callable[..., str]:
         return result.stdout + (result.stderr if not check else "")
 
     return run
+
+
+def operator_under_test(api: Api, cluster: dict[str, Any], log_path: Path) -> OperatorProcess:
+    """The local operator (devcluster, or ``--operator=local``) or the chart's one; with
+    ``--cluster`` the nodes must be those the operator tests expect."""
+    if not cluster["devcluster"]:
+        problems = topology_problems(api)
+        if problems:
+            pytest.fail("--cluster: the operator tests need nodes jetson-0 (splitdnn.io/"
+                        "device-class=jetson-nano) and v100-0 (splitdnn.io/device-class="
+                        "v100-server, nvidia.com/gpu.product=Tesla-V100-SXM2-16GB), untainted, "
+                        "and no other node of those classes: " + "; ".join(problems),
+                        pytrace=False)
+    if cluster.get("operator") == "installed":
+        return InstalledOperator(api, cluster["operatorNamespace"], log_path)
+    installed = running_chart_operators(api)
+    if installed:
+        pytest.fail(f"an operator installed by the chart runs in the cluster ({installed[0]}); "
+                    f"a local one would fight it over every DNNService: use "
+                    f"--operator=installed or uninstall the chart", pytrace=False)
+    return LocalOperator(cluster, log_path)
+
+
+@pytest.fixture(scope="module")
+def operator(api: Api, cluster: dict[str, Any],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The splitdnn operator for a module's tests, with the CRDs installed where missing;
+    its log must hold no traceback at the end."""
+    install_crds(api)
+    process = operator_under_test(api, cluster,
+                                  tmp_path_factory.mktemp("operator") / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+    output = process.log_path.read_text()
+    assert "Traceback" not in output, output[-4000:]

@@ -1,8 +1,9 @@
-"""A tiny kopf operator the integration tests run against the devcluster.
+"""A tiny kopf operator the integration tests run against the devcluster (or any cluster).
 
 It handles ``Widget`` objects (a test CRD): on create it writes ``status.seen`` through
 kopf's status patching; its delete handler makes kopf hold a finalizer, and on delete it
-records a ConfigMap ``<name>-deleted`` so the test can see that the handler ran.
+records a ConfigMap ``<name>-deleted`` so the test can see that the handler ran. Its client
+is configured as the operator's (in-cluster service account, else ``$KUBECONFIG``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from typing import Any
 import kopf
 import kubernetes
 
+from splitdnn.controller.kube import load_config
+
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     settings.watching.server_timeout = 30
-    kubernetes.config.load_kube_config()
+    load_config()
 
 
 @kopf.on.create("test.splitdnn.io", "v1", "widgets")

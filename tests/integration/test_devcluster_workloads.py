@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,63 @@ def test_init_containers_run_first_in_order(api: Api, namespace: str) -> None:
 
 def _phase_of(pod: Any) -> str:
     return str((pod.get("status") or {}).get("phase")) if isinstance(pod, dict) else ""
+
+
+def test_args_expand_env_references_and_prestop_runs_before_sigterm(api: Api,
+                                                                     namespace: str) -> None:
+    base = f"/api/v1/namespaces/{namespace}/pods"
+    # the main process records SIGTERM in a file; the preStop hook writes its mark first
+    code = ("import pathlib, signal, sys, time\n"
+            "def stop(*_):\n"
+            "    marks = pathlib.Path('marks')\n"
+            "    before = marks.read_text() if marks.exists() else ''\n"
+            "    marks.write_text(before + 'sigterm\\n'); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, stop)\n"
+            "print('args:', sys.argv[1:], flush=True)\n"
+            "time.sleep(600)\n")
+    hook = [PY, "-c", "open('marks', 'a').write('prestop $(GREETING)\\n')"]
+    api.ok("POST", base, {"metadata": {"name": "hooked"}, "spec": {
+        "terminationGracePeriodSeconds": 5, "containers": [{
+            "name": "main", "image": PY, "command": [PY, "-c", code],
+            "args": ["$(GREETING)-$(POD_IP)", "$$(GREETING)", "$(MISSING)"],
+            "env": [{"name": "NAME", "value": "world"},
+                    {"name": "GREETING", "value": "hello-$(NAME)"},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "lifecycle": {"preStop": {"exec": {"command": hook}}}}]}})
+    pod = api.wait_for(f"{base}/hooked", lambda p: bool((p.get("status") or {}).get("podIP"))
+                       and "args:" in api.request("GET", f"{base}/hooked/log").text,
+                       timeout=30, what="the pod to print its args")
+    log = api.request("GET", f"{base}/hooked/log").text
+    assert f"['hello-world-{pod['status']['podIP']}', '$(GREETING)', '$(MISSING)']" in log, log
+    pod_dir = _pod_dir(api, namespace, "hooked")
+    api.ok("DELETE", f"{base}/hooked")
+    api.wait_for(f"{base}/hooked", lambda p: p == 404, timeout=30, what="the pod to go")
+    # exec commands are not expanded (no shell), so the hook's text is as written
+    assert (pod_dir / "marks").read_text() == "prestop $(GREETING)\nsigterm\n"
+
+
+def test_deleting_a_namespace_stops_its_pods_processes(api: Api) -> None:
+    name = "t-gone-" + str(int(time.time() * 1000) % 100000)
+    api.ok("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    api.ok("POST", f"/apis/apps/v1/namespaces/{name}/deployments",
+           _deployment("sleeper", "import time; time.sleep(600)"))
+    pods = f"/api/v1/namespaces/{name}/pods"
+    running = api.wait_for(pods, lambda r: [_phase_of(p) for p in r["items"]] == ["Running"],
+                           what="the sleeper to run")["items"][0]
+    pid = int(running["status"]["containerStatuses"][0]["containerID"].split("//")[1])
+    api.request("DELETE", f"/api/v1/namespaces/{name}")
+    api.wait_for(f"/api/v1/namespaces/{name}", lambda r: r == 404, timeout=30,
+                 what="the namespace to go")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid), "the pod's process outlived its namespace"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"

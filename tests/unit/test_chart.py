@@ -68,6 +68,8 @@ def test_rendered_objects_are_valid_kubernetes(mode: str) -> None:
     ("image.pullPolicy=Sometimes", "pullPolicy"),
     ("operator.watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
     ("metrics.port=0", "port"),
+    ("gpu.perPod=-1", "perPod"),
+    ("gpu.runtimeClassName=Not_A_Name", "runtimeClassName"),
 ])
 def test_values_schema_rejects_bad_values(setting: str, message: str) -> None:
     result = helm("template", "release", str(CHART), "--set", setting)
@@ -88,6 +90,8 @@ def test_one_recreated_operator_with_a_restricted_pod() -> None:
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "--all-namespaces" in container["args"] and "--standalone" in container["args"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["SPLITDNN_GPU_RUNTIME_CLASS"] == "" and env["SPLITDNN_GPUS_PER_POD"] == "0"
 
 
 def test_namespaced_mode_grants_workload_rights_only_in_watched_namespaces() -> None:

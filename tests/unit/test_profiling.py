@@ -251,6 +251,20 @@ def test_profile_command_writes_the_contract_and_rejects_bad_options(tmp_path: P
         assert option in bad.stderr
 
 
+def test_auto_provider_profiles_what_a_worker_here_would_run(tmp_path: Path) -> None:
+    from splitdnn.runtime.engine import BlockEngine
+
+    model = _chain_model(tmp_path / "chain.onnx", 3)
+    out = tmp_path / "p.json"
+    result = runner.invoke(app, ["profile", str(model), "--out", str(out), "--repeats", "1",
+                                 "--provider", "auto", "--hardware-class", "here", "--json"])
+    assert result.exit_code == 0, result.output
+    worker_runs = BlockEngine(model).providers[0]
+    expected = "cuda" if worker_runs == "CUDAExecutionProvider" else "cpu"
+    assert json.loads(result.stdout)["runtime"]["provider"] == expected
+    assert expected == ("cuda" if _cuda_works() else "cpu")
+
+
 def _cuda_works() -> bool:
     try:
         import pynvml

@@ -425,3 +425,15 @@ def test_next_stage_by_dns_name(tmp_path: Path) -> None:
             assert decode(downstream.recv_multipart()).id == "dns"
     finally:
         context.destroy(linger=0)
+
+
+def test_cuda_runs_in_full_fp32_unless_tf32_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitdnn.graph.onnx_runtime import TF32_VARIABLE, with_provider_options
+
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.delenv(TF32_VARIABLE, raising=False)
+    assert with_provider_options(wanted) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    monkeypatch.setenv(TF32_VARIABLE, "1")
+    assert with_provider_options(wanted)[0] == ("CUDAExecutionProvider", {"use_tf32": "1"})
+    assert with_provider_options(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]

@@ -8,6 +8,7 @@ reports the gateway URL and the plan's prediction in the status.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -190,7 +191,12 @@ class ReplanSpec(ApiModel):
     )
     latency_drift_percent: float = Field(
         default=25, gt=0, le=1000,
-        description="Replan when measured latency exceeds the prediction by this much (%).",
+        description="Replan when the measured latency differs from the prediction by more than "
+                    "this (%), either way.",
+    )
+    drift_persist_seconds: int = Field(
+        default=30, ge=0, le=3600,
+        description="How long the drift must last before a replan is considered (hysteresis).",
     )
     min_interval_seconds: int = Field(
         default=60, ge=0, le=86400,
@@ -229,6 +235,24 @@ class DNNServiceSpec(ApiModel):
     runtime: RuntimeSpec = nested(RuntimeSpec, "Stage worker settings.")
 
 
+class DriftStatus(ApiModel):
+    """Measured against predicted latency, as the latency-drift replanning sees it."""
+
+    percent: float | None = Field(
+        default=None, description="Measured latency minus the prediction, in % of the "
+                                  "prediction (recent requests at the gateway)."
+    )
+    since: datetime | None = Field(
+        default=None, description="Since when the drift has been beyond the threshold."
+    )
+    checked_at: datetime | None = Field(
+        default=None, description="When a replan for drift was last considered."
+    )
+    message: str | None = Field(
+        default=None, max_length=1024, description="What the last check decided and why."
+    )
+
+
 class DNNServiceStatus(ResourceStatus):
     """Observed state of a DNNService."""
 
@@ -254,6 +278,9 @@ class DNNServiceStatus(ResourceStatus):
     )
     hardware_classes: list[Annotated[str, Field(max_length=63)]] | None = Field(
         default=None, max_length=32, description="Hardware classes considered when planning."
+    )
+    drift: DriftStatus | None = Field(
+        default=None, description="Latency drift and the replanning decision about it."
     )
 
 

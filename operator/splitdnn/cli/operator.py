@@ -3,6 +3,8 @@
 - ``operator``: the kopf operator (flags as the Helm chart passes them).
 - ``model-facts``: the analysis Job's command: layers, segments, per-segment signatures
   and features and the model digest as one JSON line.
+- ``block-digests``: the digest Job's command: the sha256 of the blocks a plan's stages run,
+  so that the plan can state them and each stage's init container check them.
 - ``plan-gateway``: the gateway of a rolled-out plan: writes the split manifest from the
   environment and runs ``splitdnn gateway`` advertising the pod's own IP for results.
 """
@@ -87,6 +89,40 @@ def model_facts(
     print(json.dumps(data))
 
 
+@app.command("block-digests")
+def block_digests(
+    model: Annotated[str, typer.Argument(help="torchvision:NAME, https://..., pvc://... or a "
+                                              "path to an .onnx file")],
+    layers: Annotated[str, typer.Option(
+        "--layers", help="Comma-separated inclusive layer ranges FIRST-LAST, e.g. 0-12,13-48")],
+    input_shape: Annotated[str | None, typer.Option(
+        "--input-shape", help="Comma-separated input shape, e.g. 1,3,224,224")] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="The model file's sha256")]
+    = None,
+) -> None:
+    """Print one JSON line: the sha256 of each range's block, as ``fetch-block`` cuts it."""
+    from splitdnn.graph import GraphError
+    from splitdnn.runtime.artifacts import ArtifactError, block_sha256s, fetch_model
+
+    ranges = [parse_layer_range(text) for text in layers.split(",") if text.strip()]
+    if not ranges:
+        fail("--layers: expected at least one FIRST-LAST range")
+    shape = tuple(parse_int_list(input_shape, "--input-shape")) if input_shape else None
+    try:
+        path, shape = fetch_model(model, sha256, shape)
+        digests = block_sha256s(path, model, ranges, shape)
+    except (ArtifactError, GraphError) as error:
+        fail(str(error))
+    print(json.dumps({"blocks": {f"{a}-{b}": digests[(a, b)] for a, b in ranges}}))
+
+
+def parse_layer_range(text: str) -> tuple[int, int]:
+    first, _, last = text.strip().partition("-")
+    if not (first.isdigit() and last.isdigit()) or int(first) > int(last):
+        fail(f"--layers: expected FIRST-LAST with FIRST <= LAST, got {text.strip()!r}")
+    return int(first), int(last)
+
+
 @app.command("plan-gateway")
 def plan_gateway(
     first: Annotated[str, typer.Option("--first", help="First stage's endpoints")],
@@ -97,6 +133,14 @@ def plan_gateway(
     manifest_env: Annotated[str, typer.Option(
         "--manifest-env", help="Environment variable holding the split manifest JSON")]
     = "SPLITDNN_GATEWAY_MANIFEST",
+    cross: Annotated[str | None, typer.Option(
+        "--cross-endpoint", help="First stage of a CrossLink's cross path")] = None,
+    cross_share: Annotated[float, typer.Option(
+        "--cross-share", min=0.0, max=1.0, help="Share of requests sent there when loaded")]
+    = 0.0,
+    cross_load_threshold: Annotated[int, typer.Option(
+        "--cross-load-threshold", min=0, help="Requests in flight above which it offloads")]
+    = 0,
 ) -> None:
     """Run the gateway of a rolled-out plan (manifest from the environment, results to POD_IP)."""
     from splitdnn.cli.runtime import gateway
@@ -112,7 +156,8 @@ def plan_gateway(
     (directory / "manifest.json").write_text(text)
     gateway(manifest=directory, first=first, results=f"tcp://0.0.0.0:{results_port}",
             advertise=f"tcp://{pod_ip}:{results_port}", zmq_listen=None, http=http, name=name,
-            max_inflight=64, timeout=30.0)
+            max_inflight=64, timeout=30.0, cross=cross, cross_share=cross_share,
+            cross_load_threshold=cross_load_threshold)
 
 
 @app.command("cluster-demo")

@@ -43,7 +43,9 @@ def profile(
         str | None, typer.Option("--hardware-class",
                                  help="Class name (default from provider, threads, CPU quota)")
     ] = None,
-    provider: Annotated[str, typer.Option("--provider", help="cpu or cuda")] = "cpu",
+    provider: Annotated[str, typer.Option(
+        "--provider", help="cpu, cuda, or auto (cuda where a block worker here would use it, "
+                           "else cpu)")] = "cpu",
     threads: Annotated[
         int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample and the inputs")] = 0,
@@ -60,13 +62,19 @@ def profile(
     ] = True,
     input_shape: InputShapeOpt = None,
     weights: WeightsOpt = None,
+    sha256: Annotated[str | None, typer.Option(
+        "--sha256", help="sha256 of the ONNX file (required for https:// models)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Time a random fraction of a model's segments (and their energy, where measurable)."""
-    from splitdnn.profiling.profiler import meter_for, profile_model
+    """Time a random fraction of a model's segments (and their energy, where measurable).
+
+    MODEL may also be https://... (with --sha256) or pvc://CLAIM/PATH.onnx, fetched as a
+    stage pod's init container fetches it."""
+    from splitdnn.profiling.profiler import meter_for, profile_model, resolve_provider
 
     with profile_errors():
-        graph = load_graph(model, input_shape, weights)
+        provider = resolve_provider(provider)
+        graph = load_graph(fetched_model(model, sha256), input_shape, weights)
         meter = meter_for(provider, energy)
         with _progress_bar() as bar:
             task = bar.add_task(f"profiling {model}", total=None)
@@ -82,6 +90,18 @@ def profile(
         print(json.dumps(result.to_dict()))
         return
     stdout.print(_profile_table(result.to_dict(), out))
+
+
+def fetched_model(model: str, sha256: str | None) -> str:
+    """A local .onnx path for https:// and pvc:// models (digest checked); others as given."""
+    if not model.startswith(("https://", "http://", "pvc://")):
+        return model
+    from splitdnn.runtime.artifacts import ArtifactError, fetch_model
+
+    try:
+        return str(fetch_model(model, sha256)[0])
+    except ArtifactError as error:
+        raise fail(f"MODEL: {error}") from error
 
 
 def _progress_bar() -> Progress:

@@ -106,12 +106,23 @@ def gateway(
     max_inflight: Annotated[int, typer.Option("--max-inflight", min=1)] = 64,
     timeout: Annotated[float, typer.Option("--timeout", min=0.001,
                                            help="Longest deadline, seconds")] = 30.0,
+    cross: Annotated[str | None, typer.Option(
+        "--cross-endpoint", help="First stage of a cross path (CrossLink), comma-separated")]
+    = None,
+    cross_share: Annotated[float, typer.Option(
+        "--cross-share", min=0.0, max=1.0,
+        help="Share of the requests sent through the cross path while loaded")] = 0.0,
+    cross_load_threshold: Annotated[int, typer.Option(
+        "--cross-load-threshold", min=0,
+        help="Offload only while more requests than this are in flight (0: always)")] = 0,
 ) -> None:
     """Serve the Open Inference Protocol v2 in front of already running stages."""
     from splitdnn.graph.blocks import BlockManifest
     from splitdnn.runtime.gateway import Gateway, GatewayConfig
     from splitdnn.runtime.serve import model_name
 
+    if cross_share > 0 and not cross:
+        fail("--cross-share: needs --cross-endpoint")
     directory = manifest if manifest.is_dir() else manifest.parent
     data = BlockManifest.load(directory)
     host, port = host_port(http, "--http")
@@ -121,6 +132,8 @@ def gateway(
         results_advertised=advertise, zmq_listen=zmq_listen, http_host=host, http_port=port,
         batch_free=all(block.get("batch_free") for block in data.blocks),
         max_inflight=max_inflight, timeout_s=timeout,
+        cross=split_endpoints(cross) if cross else [], cross_share=cross_share,
+        cross_load_threshold=cross_load_threshold,
     )
 
     async def run() -> None:

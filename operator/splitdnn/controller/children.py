@@ -21,6 +21,7 @@ from splitdnn.controller.config import OperatorConfig
 Obj = dict[str, Any]
 MANAGED_BY = {"app.kubernetes.io/managed-by": "splitdnn-operator"}
 WORKDIR = "/work"
+PVC_ROOT = "/mnt/pvc"  # runtime.artifacts.DEFAULT_PVC_ROOT
 GATEWAY_MANIFEST_ENV = "SPLITDNN_GATEWAY_MANIFEST"
 BLOCK_DIR = "block"
 SWITCHED_AT_ANNOTATION = "splitdnn.io/switched-at"
@@ -56,6 +57,21 @@ def model_args(model: Obj) -> list[str]:
     """``--input-shape`` (and nothing else) as the graph commands take it."""
     shape = model.get("inputShape")
     return ["--input-shape", ",".join(str(d) for d in shape)] if shape else []
+
+
+def with_model_claim(pod: Obj, model: Obj) -> Obj:
+    """For a ``pvc://CLAIM/PATH`` model, mount the claim read-only where
+    ``splitdnn.runtime.artifacts`` looks for it (``/mnt/pvc/CLAIM``) in every container."""
+    source = str(model.get("source", ""))
+    if not source.startswith("pvc://"):
+        return pod
+    claim = source.removeprefix("pvc://").split("/", 1)[0]
+    pod["volumes"] = [*pod.get("volumes", []), {
+        "name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
+    for item in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        item["volumeMounts"] = [*item.get("volumeMounts", []), {
+            "name": "model", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}]
+    return pod
 
 
 def container(name: str, image: str, args: list[str], **extra: Any) -> Obj:
@@ -96,30 +112,55 @@ def build_analysis_job(service: Obj, image: str) -> Obj:
     args = ["model-facts", model["source"], *model_args(model)]
     if model.get("sha256"):
         args += ["--sha256", model["sha256"]]
-    return job(f"{meta['name'][:40]}-analyse-{key}", meta["namespace"],
-               {"splitdnn.io/service": meta["name"], "splitdnn.io/job": "analyse"},
-               image, args)
+    built = job(f"{meta['name'][:40]}-analyse-{key}", meta["namespace"],
+                {"splitdnn.io/service": meta["name"], "splitdnn.io/job": "analyse"},
+                image, args)
+    with_model_claim(built["spec"]["template"]["spec"], model)
+    return built
+
+
+def build_digest_job(service: Obj, image: str, ranges: list[str]) -> Obj:
+    """``splitdnn block-digests``: the sha256 of the blocks a plan's stages run (``FIRST-LAST``
+    layer ranges), cut exactly as a stage's ``fetch-block`` cuts them."""
+    model = service["spec"]["model"]
+    meta = service["metadata"]
+    args = ["block-digests", model["source"], "--layers", ",".join(ranges), *model_args(model)]
+    if model.get("sha256"):
+        args += ["--sha256", model["sha256"]]
+    built = job(f"{meta['name'][:36]}-digests-{digest(analysis_key(model), ranges)}",
+                meta["namespace"], {"splitdnn.io/service": meta["name"],
+                                    "splitdnn.io/job": "digests"}, image, args)
+    with_model_claim(built["spec"]["template"]["spec"], model)
+    return built
 
 
 def build_profile_job(service: Obj, hardware_class: str, node: str, image: str,
-                      tolerations: list[Obj], config: OperatorConfig) -> Obj:
-    """A sampled segment profile (paper 004) of the model, pinned to one node of the class."""
+                      tolerations: list[Obj], config: OperatorConfig, gpu: bool = False) -> Obj:
+    """A sampled segment profile (paper 004) of the model, pinned to one node of the class,
+    on the provider a stage there would use (with GPU access on a GPU class)."""
     model = service["spec"]["model"]
     meta = service["metadata"]
     key = digest(analysis_key(model), hardware_class)
     threads = (service["spec"].get("runtime") or {}).get("threads")
     args = ["profile", model["source"], "--out", "profile.json", "--json",
             "--sample-fraction", str(config.profile_fraction), "--seed", "0",
-            "--hardware-class", hardware_class, "--repeats", str(config.profile_repeats),
+            "--hardware-class", hardware_class, "--provider", "auto",
+            "--repeats", str(config.profile_repeats),
             "--warmup", "1", "--min-sample-ms", str(config.profile_min_sample_ms),
             *model_args(model)]
     if threads:
         args += ["--threads", str(threads)]
-    return job(f"{meta['name'][:30]}-profile-{hardware_class[:16]}-{key[:6]}",
-               meta["namespace"],
-               {"splitdnn.io/service": meta["name"], "splitdnn.io/job": "profile",
-                "splitdnn.io/hardware-class": hardware_class},
-               image, args, {"kubernetes.io/hostname": node}, tolerations)
+    if model.get("sha256"):  # https:// and pvc:// models are fetched and checked first
+        args += ["--sha256", model["sha256"]]
+    built = job(f"{meta['name'][:30]}-profile-{hardware_class[:16]}-{key[:6]}",
+                meta["namespace"],
+                {"splitdnn.io/service": meta["name"], "splitdnn.io/job": "profile",
+                 "splitdnn.io/hardware-class": hardware_class},
+                image, args, {"kubernetes.io/hostname": node}, tolerations)
+    with_model_claim(built["spec"]["template"]["spec"], model)
+    if gpu:
+        with_gpu_access(built["spec"]["template"]["spec"], config)
+    return built
 
 
 NETPROFILE_PORT = 5557
@@ -209,9 +250,25 @@ def fetch_args(stage: Obj, model: Obj) -> list[str]:
     return args
 
 
+def with_gpu_access(pod: Obj, config: OperatorConfig) -> Obj:
+    """``pod`` (its first container runs ONNX Runtime) with the GPU access the operator is
+    configured for: the NVIDIA runtime class and/or ``nvidia.com/gpu`` in its limits (a limit
+    the user's resources already set is kept)."""
+    if config.gpu_runtime_class:
+        pod["runtimeClassName"] = config.gpu_runtime_class
+    if config.gpus_per_pod:
+        main = pod["containers"][0]
+        resources = main.get("resources") or {}
+        main["resources"] = {**resources, "limits": {
+            "nvidia.com/gpu": config.gpus_per_pod, **(resources.get("limits") or {})}}
+    return pod
+
+
 def build_stage_deployment(plan: Obj, stage: Obj, service_spec: Obj, revision: str,
-                           next_host: str | None, image: str, config: OperatorConfig) -> Obj:
-    """One stage: init container cuts out the block (digest checked), worker serves it."""
+                           next_host: str | None, image: str, config: OperatorConfig,
+                           gpu: bool = False) -> Obj:
+    """One stage: init container cuts out the block (digest checked), worker serves it; on a
+    GPU node (``gpu``) with the configured GPU access."""
     meta = plan["metadata"]
     name = stage_object_name(meta["name"], stage, revision)
     labels = stage_labels(plan["spec"]["serviceRef"]["name"], meta["name"], stage["name"],
@@ -237,6 +294,9 @@ def build_stage_deployment(plan: Obj, stage: Obj, service_spec: Obj, revision: s
     }
     if stage.get("tolerations"):
         pod["tolerations"] = stage["tolerations"]
+    with_model_claim(pod, service_spec["model"])
+    if gpu:
+        with_gpu_access(pod, config)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels},
@@ -282,8 +342,9 @@ def gateway_manifest(analysis: Obj) -> Obj:
 
 def build_gateway_deployment(service: Obj, plan_name: str, first_host: str, manifest: Obj,
                              image: str, config: OperatorConfig, node_selector: dict[str, str],
-                             tolerations: list[Obj]) -> Obj:
-    """The OIP v2 gateway on the source tier, sending to the plan's first stage."""
+                             tolerations: list[Obj], extra_args: list[str] | None = None) -> Obj:
+    """The OIP v2 gateway on the source tier, sending to the plan's first stage
+    (``extra_args``: a CrossLink's cross-path options)."""
     meta = service["metadata"]
     name = gateway_name(meta["name"])
     selector = {**MANAGED_BY, "splitdnn.io/service": meta["name"],
@@ -293,7 +354,8 @@ def build_gateway_deployment(service: Obj, plan_name: str, first_host: str, mani
         "gateway", image,
         ["plan-gateway", "--first", f"dns+tcp://{first_host}:{config.worker_port}",
          "--http", f"0.0.0.0:{config.gateway_port}",
-         "--results-port", str(config.results_port), "--name", meta["name"]],
+         "--results-port", str(config.results_port), "--name", meta["name"],
+         *(extra_args or [])],
         env=[{"name": GATEWAY_MANIFEST_ENV, "value": json.dumps(manifest)},
              {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         ports=[{"name": "http", "containerPort": config.gateway_port},

@@ -31,14 +31,25 @@ class OperatorConfig:
     results_port: int = 5600
     operator_namespace: str = "splitdnn-system"
     labels: dict[str, str] = field(default_factory=dict)
+    # GPU access of the pods that run blocks on GPU nodes: the NVIDIA container runtime's
+    # RuntimeClass (K3s: "nvidia") and/or nvidia.com/gpu per pod (device plugin); neither
+    # by default, so that a node's one GPU is not exclusive to one stage (docs/operator.md)
+    gpu_runtime_class: str | None = None
+    gpus_per_pod: int = 0
 
     def image_for(self, hardware_class: str, selector: dict[str, str]) -> str:
         """The runtime image a tier's nodes run: L4T on Jetson, CUDA on NVIDIA, else CPU."""
         if "jetson" in hardware_class:
             return self.image_l4t
-        if any(key.startswith("nvidia.com/") for key in selector):
+        if self.gpu_class(hardware_class, selector):
             return self.image_cuda
         return self.image_cpu
+
+    @staticmethod
+    def gpu_class(hardware_class: str, selector: dict[str, str]) -> bool:
+        """Whether the class's nodes have an NVIDIA GPU (Jetsons' is integrated)."""
+        return "jetson" in hardware_class or any(key.startswith("nvidia.com/")
+                                                 for key in selector)
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -56,4 +67,6 @@ class OperatorConfig:
             link_bandwidth_mbps=float(env.get("SPLITDNN_LINK_MBPS", cls.link_bandwidth_mbps)),
             link_latency_ms=float(env.get("SPLITDNN_LINK_LATENCY_MS", cls.link_latency_ms)),
             operator_namespace=env.get("SPLITDNN_OPERATOR_NAMESPACE", cls.operator_namespace),
+            gpu_runtime_class=env.get("SPLITDNN_GPU_RUNTIME_CLASS") or None,
+            gpus_per_pod=int(env.get("SPLITDNN_GPUS_PER_POD") or 0),
         )

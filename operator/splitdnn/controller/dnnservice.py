@@ -3,22 +3,28 @@
 Every step is idempotent and keyed by what it depends on, so the handler can run again at
 any time (a timer does, to follow node and profile changes) and an operator restarted
 mid-way picks up the same Jobs and ConfigMaps by name instead of creating duplicates.
-Waiting on a Job raises ``kopf.TemporaryError``; a spec that cannot work raises
-``kopf.PermanentError``; both are mirrored into the conditions first.
+Waiting on a Job raises ``events.Waiting``; a spec that cannot work raises
+``events.Stalled``; both are mirrored into the conditions first. Once a plan serves, the
+measured latency is compared with its prediction on every pass (``drift``), and a lasting
+drift plans again with the measured costs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
+from datetime import UTC, datetime
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from splitdnn.api import PINNED_ANNOTATION, validate_manifest
-from splitdnn.controller import children, conditions
+from splitdnn.controller import children, conditions, drift
 from splitdnn.controller.config import OperatorConfig
 from splitdnn.controller.discovery import HardwareClass, discover_classes, matches, node_class
+from splitdnn.controller.events import warn_once
 from splitdnn.controller.kube import Kube, Obj, adopt
 from splitdnn.controller.metrics import PLAN_SECONDS
 from splitdnn.controller.planner import (
@@ -30,52 +36,37 @@ from splitdnn.controller.planner import (
     plan_spec,
     segment_costs,
 )
-from splitdnn.planning import InfeasibleError, solve
+from splitdnn.controller.status_pass import StatusPass
+from splitdnn.planning import (
+    InfeasibleError,
+    PlanningError,
+    PlanResult,
+    Problem,
+    Stage,
+    evaluate,
+    solve,
+)
 from splitdnn.profiling import Profile, ProfileError, merge_profiles
 
 log = logging.getLogger("splitdnn.operator")
 PROFILE_LABEL = "splitdnn.io/profile"
 CLASS_LABEL = "splitdnn.io/hardware-class"
 LINK_LABEL = "splitdnn.io/link"
+LINK_DIRECTED_LABEL = "splitdnn.io/link-directed"  # from = the sending class
+LINK_SERVER_LISTENING = "serving link measurements on"  # what `netprofile --serve` logs
 PROBLEM_ANNOTATION = "splitdnn.io/problem-hash"
 GENERATION_ANNOTATION = "splitdnn.io/service-generation"
+PLANNED_AT_ANNOTATION = "splitdnn.io/planned-at"
+SCALE_ANNOTATION = "splitdnn.io/latency-scale"
+PLAN_ANNOTATIONS = (PROBLEM_ANNOTATION, GENERATION_ANNOTATION, PLANNED_AT_ANNOTATION,
+                    SCALE_ANNOTATION)  # the operator's own, on the plans it writes
 MAX_CONFIGMAP_BYTES = 900_000  # below the API's 1 MiB object limit
 
 
-class Reconcile:
+class Reconcile(StatusPass):
     """One pass over one DNNService; ``status`` collects what to write."""
 
-    def __init__(self, body: Obj, kube: Kube, config: OperatorConfig) -> None:
-        self.body, self.kube, self.config = body, kube, config
-        self.event_target = kopf.Body(body)  # type: ignore[arg-type]  # Events attach to it
-        self.meta = body["metadata"]
-        self.name, self.namespace = self.meta["name"], self.meta["namespace"]
-        self.spec: Obj = body["spec"]
-        self.generation = self.meta.get("generation")
-        self.conditions: list[Obj] = list((body.get("status") or {}).get("conditions") or [])
-        self.status: Obj = {}
-
-    # ---- status ----------------------------------------------------------------------------
-    def step(self, type_: str, ok: bool | None, reason: str, message: str = "") -> None:
-        self.conditions = conditions.set_condition(self.conditions, type_, ok, reason, message,
-                                                   self.generation)
-
-    def write(self) -> None:
-        self.kube.patch_status("DNNService", self.namespace, self.name, {
-            **self.status, "observedGeneration": self.generation,
-            "conditions": self.conditions})
-
-    def wait(self, reason: str, message: str, delay: float = 3) -> kopf.TemporaryError:
-        self.conditions = conditions.progressing(self.conditions, reason, message,
-                                                 self.generation)
-        self.write()
-        return kopf.TemporaryError(message, delay=delay)
-
-    def stall(self, reason: str, message: str) -> kopf.PermanentError:
-        self.conditions = conditions.stalled(self.conditions, reason, message, self.generation)
-        self.write()
-        kopf.warn(self.event_target, reason=reason, message=message)
-        return kopf.PermanentError(message)
+    kind = "DNNService"
 
     # ---- the pass --------------------------------------------------------------------------
     def run(self) -> None:
@@ -105,18 +96,6 @@ class Reconcile:
         messages = [str(e) for e in errors] + [f"{path}: {text}" for path, text in unsupported]
         if messages:
             raise self.stall("InvalidSpec", "; ".join(messages))
-
-    def job_output(self, job: Obj) -> tuple[str | None, str]:
-        """(state, log): state Complete, Failed or None while running."""
-        conds = (job.get("status") or {}).get("conditions") or []
-        state = next((c["type"] for c in conds if c.get("type") in ("Complete", "Failed")
-                      and c.get("status") == "True"), None)
-        if state is None:
-            return None, ""
-        pods = self.kube.list("Pod", self.namespace, f"job-name={job['metadata']['name']}")
-        pods.sort(key=lambda p: (p.get("status") or {}).get("phase") == "Succeeded")
-        return state, self.kube.pod_log(self.namespace, pods[-1]["metadata"]["name"]) \
-            if pods else ""
 
     def run_job(self, job: Obj, what: str, field: str = "spec.model.source") -> Obj | None:
         """Start ``job`` (once) and return its JSON output once it completed; a failed Job
@@ -192,8 +171,7 @@ class Reconcile:
             if not self.spec.get("tiers") and source not in {c for c in classes}:
                 raise self.stall("UnknownTier", f"spec.source.tier: {source!r} is not a hardware "
                                                 f"class of any node (classes: {known})")
-            raise self.wait("NoReadyNodes", f"spec.source.tier: no Ready node in tier {source!r}",
-                            delay=5)
+            raise self.wait("NoReadyNodes", f"spec.source.tier: no Ready node in tier {source!r}")
         self.classes = classes
         return tiers
 
@@ -233,7 +211,8 @@ class Reconcile:
             tier.hardware_class, tier.node_selector)
         job = children.build_profile_job(self.body, tier.hardware_class,
                                          hardware_class.ready_nodes[0], image, tier.tolerations,
-                                         self.config)
+                                         self.config, self.config.gpu_class(
+                                             tier.hardware_class, tier.node_selector))
         result = self.run_job(job, "profile")
         if result is None:
             return None
@@ -247,48 +226,50 @@ class Reconcile:
         return Profile.from_dict(json.loads(text))
 
     def links(self, tiers: list[PlanTier]) -> dict[tuple[str, str], Link]:
-        """Measured links between every two classes in use; netprofile Jobs for the rest."""
+        """Measured links between the classes in use, each direction on its own (uplinks and
+        downlinks differ); netprofile Jobs for the rest, one measurement at a time so that
+        they do not disturb each other (nor share a port on a host-network node)."""
         by_class = {t.hardware_class: t for t in tiers}
-        classes = sorted(by_class)
         stored = {(cm["metadata"]["labels"]["splitdnn.io/link-from"],
                    cm["metadata"]["labels"]["splitdnn.io/link-to"]): cm
-                  for cm in self.kube.list("ConfigMap", self.namespace, f"{LINK_LABEL}=true")}
+                  for cm in self.kube.list("ConfigMap", self.namespace,
+                                           f"{LINK_LABEL}=true,{LINK_DIRECTED_LABEL}=true")}
         links: dict[tuple[str, str], Link] = {}
-        waiting = []
-        for index, first in enumerate(classes):
-            for second in classes[index + 1:]:
-                cm = stored.get((first, second))
-                if cm is not None:
-                    links[(first, second)] = link_from_profile(json.loads(cm["data"]["link.json"]))
-                    continue
-                measured = self.measure_link(by_class[first], by_class[second])
-                if measured is None:
-                    waiting.append(f"{first}-{second}")
-                else:
-                    links[(first, second)] = measured
+        waiting = ""
+        for pair in itertools.permutations(sorted(by_class), 2):
+            cm = stored.get(pair)
+            if cm is not None:
+                links[pair] = link_from_profile(json.loads(cm["data"]["link.json"]))
+                continue
+            measured = self.measure_link(by_class[pair[0]], by_class[pair[1]])
+            if measured is None:
+                waiting = f"{pair[0]} -> {pair[1]}"
+                break
+            links[pair] = measured
         if waiting:
-            self.step("Profiled", None, "ProfilingLinks", f"measuring links {', '.join(waiting)}")
-            raise self.wait("ProfilingLinks", f"netprofile jobs running for {', '.join(waiting)}")
+            self.step("Profiled", None, "ProfilingLinks", f"measuring the link {waiting}")
+            raise self.wait("ProfilingLinks", f"netprofile jobs running for {waiting}")
         return links
 
-    def measure_link(self, server: PlanTier, client: PlanTier) -> Link | None:
-        """Start (once) the server and then the client netprofile Job; their result once done."""
-        nodes = (self.classes[server.hardware_class].ready_nodes[0],
-                 self.classes[client.hardware_class].ready_nodes[0])
-        images = (self.config.image_for(server.hardware_class, server.node_selector),
-                  self.config.image_for(client.hardware_class, client.node_selector))
-        pair = (server.hardware_class, client.hardware_class)
+    def measure_link(self, sender: PlanTier, receiver: PlanTier) -> Link | None:
+        """The link from ``sender`` to ``receiver``: a ``netprofile --serve`` Job on a node
+        of the receiver, then a client Job on a node of the sender sending it the large
+        transfers (the replies are small); their result once done."""
+        pair = (sender.hardware_class, receiver.hardware_class)
+        nodes = (self.classes[receiver.hardware_class].ready_nodes[0],
+                 self.classes[sender.hardware_class].ready_nodes[0])
+        images = (self.config.image_for(receiver.hardware_class, receiver.node_selector),
+                  self.config.image_for(sender.hardware_class, sender.node_selector))
+        tolerations = (receiver.tolerations, sender.tolerations)
         serve_job = children.build_netprofile_jobs(self.body, pair, *nodes, None, images,
-                                                   (server.tolerations, client.tolerations))[0]
-        tolerations = (server.tolerations, client.tolerations)
+                                                   tolerations)[0]
         probe_name = children.build_netprofile_jobs(self.body, pair, *nodes, "-", images,
                                                     tolerations)[1]["metadata"]["name"]
         client_job = self.kube.get("Job", self.namespace, probe_name)
         if client_job is None:
             pods = self.kube.list("Pod", self.namespace,
                                   f"job-name={serve_job['metadata']['name']}")
-            ip = next((p["status"]["podIP"] for p in pods if (p.get("status") or {}).get(
-                "phase") == "Running" and p["status"].get("podIP")), None)
+            ip = next((p["status"]["podIP"] for p in pods if self.link_server_ready(p)), None)
             if ip is None:
                 if self.kube.get("Job", self.namespace, serve_job["metadata"]["name"]) is None:
                     self.kube.apply(adopt(serve_job, self.body))
@@ -297,23 +278,36 @@ class Reconcile:
                                                         tolerations)[1]
         existing = self.kube.get("Job", self.namespace, client_job["metadata"]["name"])
         state, output = self.job_output(existing) if existing else (None, "")
-        if state == "Failed":  # not fatal: plan with the configured link, say so
-            message = (f"{pair[0]} <-> {pair[1]}: link measurement failed ("
+        if state == "Failed":  # not fatal: plan with the configured link, say so (once)
+            message = (f"{pair[0]} -> {pair[1]}: link measurement failed ("
                        f"{' | '.join(output.strip().splitlines()[-1:])[:300]}); using the "
                        f"configured {self.config.link_bandwidth_mbps} Mbit/s")
-            kopf.warn(self.event_target, reason="LinkProfileFailed", message=message)
+            warn_once(self.body, "LinkProfileFailed", message,
+                      cause=client_job["metadata"]["name"])
             return self.config.link_bandwidth_mbps, self.config.link_latency_ms
         result = self.run_job(client_job, "link profile", "spec.tiers")
         if result is None:
             return None
         self.kube.apply(children.build_configmap(
-            f"splitdnn-link-{children.digest(*pair)}", self.namespace,
-            {LINK_LABEL: "true", "splitdnn.io/link-from": pair[0],
+            f"splitdnn-link-{children.digest('directed', *pair)}", self.namespace,
+            {LINK_LABEL: "true", LINK_DIRECTED_LABEL: "true", "splitdnn.io/link-from": pair[0],
              "splitdnn.io/link-to": pair[1]}, {"link.json": json.dumps(result)}))
         link = link_from_profile(result)
         kopf.info(self.event_target, reason="LinkProfiled",
-                  message=f"{pair[0]} <-> {pair[1]}: {link[0]:.1f} Mbit/s, {link[1]:.2f} ms")
+                  message=f"{pair[0]} -> {pair[1]}: {link[0]:.1f} Mbit/s, {link[1]:.2f} ms")
         return link
+
+    def link_server_ready(self, pod: Obj) -> bool:
+        """The netprofile server pod runs, has an IP and listens (its log says so: the
+        client must not spend its reply timeout on a server still importing)."""
+        status = pod.get("status") or {}
+        if status.get("phase") != "Running" or not status.get("podIP"):
+            return False
+        try:
+            text = self.kube.pod_log(self.namespace, pod["metadata"]["name"])
+        except ApiException:
+            return False
+        return LINK_SERVER_LISTENING in text
 
     def pinned_plan(self) -> Obj | None:
         plans = self.kube.list("SplitPlan", self.namespace)
@@ -323,36 +317,191 @@ class Reconcile:
 
     def plan(self, analysis: Obj, tiers: list[PlanTier], profiles: dict[str, Profile],
              links: dict[tuple[str, str], Link]) -> str:
+        """Write the SplitPlan when the planning problem changed; else follow latency drift.
+
+        The problem carries the latency factors (``splitdnn.io/latency-scale``) of the current
+        plan, so a plan made for drift stays as long as nothing else changes.
+        """
         started = time.perf_counter()
         costs = segment_costs(analysis, profiles, sorted({t.hardware_class for t in tiers}))
-        link = (self.config.link_bandwidth_mbps, self.config.link_latency_ms)
-        problem = build_problem(analysis, tiers, costs, self.spec, link, links)
-        problem_hash = children.digest(problem.model_dump(mode="json"), length=16)
         current = self.kube.get("SplitPlan", self.namespace, self.name)
+        scale = stored_scale(current, children.analysis_key(self.spec["model"]))
+        problem = self.problem(analysis, tiers, costs, links, scale)
         annotations = (current or {}).get("metadata", {}).get("annotations") or {}
         manual = (self.spec.get("replan") or {}).get("mode") == "Manual"
         same_generation = annotations.get(GENERATION_ANNOTATION) == str(self.generation)
-        if current and (annotations.get(PROBLEM_ANNOTATION) == problem_hash
+        if current and (annotations.get(PROBLEM_ANNOTATION) == problem_hash(problem)
                         or (manual and same_generation)):
+            self.follow_drift(current, analysis, tiers, costs, links, scale)
             return self.name
-        objective = (self.spec.get("objective") or {}).get("kind", "latency")
-        try:
-            result = solve(problem, objective)
-        except InfeasibleError as error:
-            raise self.stall("Infeasible", f"spec.slo: {error}") from error
+        result = self.solve(problem)
         PLAN_SECONDS.observe(time.perf_counter() - started)
-        spec = plan_spec(self.name, result, problem, analysis, tiers)
+        if current and same_generation and runnable(current, tiers) and self.keep_plan(
+                current, problem, analysis, result):
+            return self.name
+        self.write_plan(result, problem, analysis, tiers, scale, "Planned")
+        self.status["drift"] = {"since": None, "checkedAt": None, "percent": None,
+                                "message": "new plan"}
+        return self.name
+
+    def keep_plan(self, current: Obj, problem: Problem, analysis: Obj,
+                  result: PlanResult) -> bool:
+        """Hysteresis for replans not caused by a spec change, while the current plan can
+        still run (profiles, links or nodes changed): not within ``minIntervalSeconds`` of
+        the last plan, and only for a plan ``minImprovementPercent`` better than the current
+        one under the new problem. A plan kept for good takes the new problem's hash."""
+        policy = drift.Policy.from_spec(self.spec.get("replan"))
+        age = time.time() - planned_at(current)
+        if age < policy.min_interval_seconds:
+            self.step("Planned", True, "Holding",
+                      f"the planning problem changed (profiles, links or nodes); the plan is "
+                      f"{age:.0f} s old and replans are at least "
+                      f"{policy.min_interval_seconds:g} s apart")
+            return True
+        objective = self.objective()
+        now_figure = plan_figure(problem, analysis, current["spec"]["stages"], objective)
+        best_figure = float(result.best.figures()[OBJECTIVE_FIGURES[objective]] or 0)
+        if drift.improves(objective, now_figure, best_figure, policy.min_improvement_percent):
+            return False
+        annotations = current["metadata"].get("annotations") or {}
         self.kube.apply(adopt({
             "apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitPlan",
             "metadata": {"name": self.name, "namespace": self.namespace,
                          "labels": {**children.MANAGED_BY, "splitdnn.io/service": self.name},
-                         "annotations": {PROBLEM_ANNOTATION: problem_hash,
-                                         GENERATION_ANNOTATION: str(self.generation)}},
+                         "annotations": {**{k: v for k, v in annotations.items()
+                                            if k in PLAN_ANNOTATIONS},
+                                         PROBLEM_ANNOTATION: problem_hash(problem)}},
+            "spec": current["spec"]}, self.body))
+        self.step("Planned", True, "Kept",
+                  f"the planning problem changed; the best new plan ({objective} "
+                  f"{best_figure:.4g}) is not {policy.min_improvement_percent:g}% better than "
+                  f"the current one ({now_figure:.4g})")
+        return True
+
+    def problem(self, analysis: Obj, tiers: list[PlanTier], costs: dict[str, list[Obj]],
+                links: dict[tuple[str, str], Link], scale: dict[str, float]) -> Problem:
+        link = (self.config.link_bandwidth_mbps, self.config.link_latency_ms)
+        return build_problem(analysis, tiers, drift.scaled_costs(costs, scale), self.spec,
+                             link, links)
+
+    def solve(self, problem: Problem) -> PlanResult:
+        try:
+            return solve(problem, self.objective())
+        except InfeasibleError as error:
+            raise self.stall("Infeasible", f"spec.slo: {error}") from error
+
+    def objective(self) -> str:
+        return str((self.spec.get("objective") or {}).get("kind", "latency"))
+
+    def write_plan(self, result: PlanResult, problem: Problem, analysis: Obj,
+                   tiers: list[PlanTier], scale: dict[str, float], reason: str,
+                   why: str = "") -> None:
+        """Apply the owned SplitPlan for ``result``, each stage with its block's digest."""
+        spec = plan_spec(self.name, result, problem, analysis, tiers)
+        digests = self.block_digests(analysis, [stage["layers"] for stage in spec["stages"]])
+        for stage in spec["stages"]:
+            stage["blockSha256"] = digests[range_key(stage["layers"])]
+        annotations = {PROBLEM_ANNOTATION: problem_hash(problem),
+                       GENERATION_ANNOTATION: str(self.generation),
+                       PLANNED_AT_ANNOTATION: f"{time.time():.0f}"}
+        if scale:
+            annotations[SCALE_ANNOTATION] = json.dumps(
+                {"model": children.analysis_key(self.spec["model"]), "classes": scale},
+                sort_keys=True)
+        self.kube.apply(adopt({
+            "apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitPlan",
+            "metadata": {"name": self.name, "namespace": self.namespace,
+                         "labels": {**children.MANAGED_BY, "splitdnn.io/service": self.name},
+                         "annotations": annotations},
             "spec": spec}, self.body))
         message = f"{placement(spec['stages'])}, predicted {spec['predicted']['latencyMs']} ms"
-        kopf.info(self.event_target, reason="Planned", message=message)
-        self.step("Planned", True, "Planned", message)
-        return self.name
+        kopf.info(self.event_target, reason=reason, message=f"{why}{message}")
+        self.step("Planned", True, reason, f"{why}{message}")
+
+    def block_digests(self, analysis: Obj, ranges: list[list[int]]) -> dict[str, str]:
+        """sha256 of each stage's block (``FIRST-LAST`` -> digest), from the service's
+        ``<service>-blocks`` ConfigMap, computed by a Job for the ranges it lacks."""
+        key = children.analysis_key(self.spec["model"])
+        name = f"{self.name[:50]}-blocks"
+        stored = self.kube.get("ConfigMap", self.namespace, name)
+        known: dict[str, str] = dict((stored or {}).get("data") or {}) if stored and stored[
+            "metadata"].get("labels", {}).get("splitdnn.io/analysis") == key else {}
+        missing = [r for r in dict.fromkeys(range_key(layers) for layers in ranges)
+                   if r not in known]
+        if not missing:
+            return known
+        image = (self.spec.get("runtime") or {}).get("image") or self.config.image_cpu
+        result = self.run_job(children.build_digest_job(self.body, image, missing),
+                              "block digests")
+        if result is None:
+            self.step("Planned", None, "DigestingBlocks", f"block digests of {missing}")
+            raise self.wait("DigestingBlocks", f"computing the digests of blocks "
+                                               f"{', '.join(missing)} in a job")
+        known.update({k: str(v) for k, v in result["blocks"].items()})
+        self.kube.apply(adopt(children.build_configmap(
+            name, self.namespace, {"splitdnn.io/service": self.name,
+                                   "splitdnn.io/analysis": key}, known), self.body))
+        return known
+
+    # ---- latency drift ---------------------------------------------------------------------
+    def follow_drift(self, current: Obj, analysis: Obj, tiers: list[PlanTier],
+                     costs: dict[str, list[Obj]], links: dict[tuple[str, str], Link],
+                     scale: dict[str, float]) -> None:
+        """Compare the measured latency with the plan's prediction (``drift.decide``) and,
+        once a drift has lasted, plan with the measured costs; status ``drift`` says what
+        was decided."""
+        policy = drift.Policy.from_spec(self.spec.get("replan"))
+        plan_status = current.get("status") or {}
+        previous = (self.body.get("status") or {}).get("drift") or {}
+        serving = plan_status.get("phase") == "Serving"
+        seen = drift.Observation(
+            now=time.time(), predicted_ms=(current["spec"].get("predicted") or {}).get(
+                "latencyMs"),
+            measured_ms=(plan_status.get("measured") or {}).get("latencyMs") if serving
+            else None,
+            planned_at=planned_at(current), since=parse_time(previous.get("since")),
+            checked_at=parse_time(previous.get("checkedAt")))
+        decision = drift.decide(policy, seen)
+        since, checked, message = decision.since, seen.checked_at, decision.message
+        if decision.action is drift.Action.EVALUATE:
+            replanned, message = self.replan_for_drift(current, analysis, tiers, costs, links,
+                                                       scale, seen, decision, policy)
+            since, checked = (None, None) if replanned else (since, seen.now)
+        self.status["drift"] = {
+            "percent": None if decision.percent is None else round(decision.percent, 1),
+            "since": format_time(since), "checkedAt": format_time(checked),
+            "message": message[:1024]}
+
+    def replan_for_drift(self, current: Obj, analysis: Obj, tiers: list[PlanTier],
+                         costs: dict[str, list[Obj]], links: dict[tuple[str, str], Link],
+                         scale: dict[str, float], seen: drift.Observation,
+                         decision: drift.Decision, policy: drift.Policy) -> tuple[bool, str]:
+        """Plan with the costs scaled by the measurements; write it only if it beats the
+        current plan (under the same costs) by ``minImprovementPercent``."""
+        stages = current["spec"]["stages"]
+        new_scale = drift.class_scale(
+            stages, (current.get("status") or {}).get("stages") or [],
+            {t.name: t.hardware_class for t in tiers}, analysis, costs, scale,
+            seen.predicted_ms, seen.measured_ms)
+        problem = self.problem(analysis, tiers, costs, links, new_scale)
+        objective = self.objective()
+        try:
+            result = solve(problem, objective)
+        except InfeasibleError as error:
+            return False, f"{decision.message}; no feasible plan with the measured costs: {error}"
+        now_figure = plan_figure(problem, analysis, stages, objective)
+        best = result.best.figures()
+        best_figure = float(best[f"{OBJECTIVE_FIGURES[objective]}"] or 0)
+        scales = ", ".join(f"{cls} x{value:g}" for cls, value in new_scale.items())
+        if not drift.improves(objective, now_figure, best_figure,
+                              policy.min_improvement_percent):
+            return False, (f"{decision.message}; kept the plan: with the measured costs "
+                           f"({scales}) it has {objective} {now_figure:.4g}, the best plan "
+                           f"{best_figure:.4g} (needs {policy.min_improvement_percent:g}% "
+                           f"better)")
+        why = f"latency drift {decision.percent:+.0f}%, measured costs {scales}: "
+        self.write_plan(result, problem, analysis, tiers, new_scale, "LatencyDrift", why)
+        return True, f"replanned: {objective} {now_figure:.4g} -> {best_figure:.4g}"
 
     def report(self, plan_name: str) -> None:
         plan = self.kube.get("SplitPlan", self.namespace, plan_name)
@@ -376,6 +525,79 @@ class Reconcile:
         message = rolled.get("message", "") if rolled else "rollout not started"
         self.step("RolledOut", False, "RollingOut", message)
         raise self.wait("RollingOut", f"SplitPlan {plan_name}: {message}")
+
+
+OBJECTIVE_FIGURES = {"latency": "latency_ms", "energy": "energy_mj",
+                     "throughput": "throughput_rps"}
+
+
+def problem_hash(problem: Problem) -> str:
+    return children.digest(problem.model_dump(mode="json"), length=16)
+
+
+def range_key(layers: list[int]) -> str:
+    return f"{layers[0]}-{layers[1]}"
+
+
+def stored_scale(plan: Obj | None, model_key: str) -> dict[str, float]:
+    """The latency factors per class a plan was made with (none for another model)."""
+    text = ((plan or {}).get("metadata", {}).get("annotations") or {}).get(SCALE_ANNOTATION)
+    try:
+        stored = json.loads(text) if text else {}
+        if stored.get("model") != model_key:
+            return {}
+        return {str(cls): float(value) for cls, value in stored.get("classes", {}).items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def format_time(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def planned_at(plan: Obj) -> float:
+    """When a plan was written: its annotation, else its creation."""
+    meta = plan.get("metadata") or {}
+    stamp = (meta.get("annotations") or {}).get(PLANNED_AT_ANNOTATION)
+    if stamp:
+        try:
+            return float(stamp)
+        except ValueError:
+            pass
+    return parse_time(meta.get("creationTimestamp")) or 0.0
+
+
+def runnable(plan: Obj, tiers: list[PlanTier]) -> bool:
+    """Every stage of the plan is on a tier that has a Ready node now."""
+    names = {tier.name for tier in tiers}
+    return all(stage["tier"] in names for stage in plan["spec"]["stages"])
+
+
+def plan_figure(problem: Problem, analysis: Obj, stages: list[Obj], objective: str) -> float:
+    """The objective's figure for a plan's stages under ``problem`` (inf when the plan does
+    not fit the problem any more, e.g. its tier is gone)."""
+    first_of = {s["first_layer"]: s["index"] for s in analysis["segments"]}
+    last_of = {s["last_layer"]: s["index"] for s in analysis["segments"]}
+    try:
+        planned = [Stage(s["tier"], first_of[s["layers"][0]], last_of[s["layers"][1]])
+                   for s in stages]
+        evaluation = evaluate(problem, planned)
+    except (KeyError, ValueError, PlanningError):  # evaluate's ValueError: unknown tier
+        return float("inf")
+    figure = {"latency": evaluation.latency_ms, "energy": evaluation.energy_mj,
+              "throughput": evaluation.throughput_rps}[objective]
+    return float(figure)
 
 
 def bounded_profile(profile: Obj) -> str:

@@ -29,6 +29,7 @@ KIND_PATHS: dict[str, tuple[str, str]] = {
     "Job": ("/apis/batch/v1", "jobs"),
     "DNNService": ("/apis/splitdnn.io/v1alpha1", "dnnservices"),
     "SplitPlan": ("/apis/splitdnn.io/v1alpha1", "splitplans"),
+    "CrossLink": ("/apis/splitdnn.io/v1alpha1", "crosslinks"),
 }
 
 

@@ -19,9 +19,9 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from splitdnn.api import GROUP, VERSION
-from splitdnn.controller import crosslink, dnnservice, splitplan
+from splitdnn.controller import crosslink, dnnservice, events, splitplan
 from splitdnn.controller.config import OperatorConfig
-from splitdnn.controller.kube import Kube, Obj, load_config
+from splitdnn.controller.kube import Kube, load_config
 from splitdnn.controller.metrics import ERRORS, RECONCILES
 
 log = logging.getLogger("splitdnn.operator")
@@ -41,11 +41,19 @@ def config() -> OperatorConfig:
     return OperatorConfig.from_env()
 
 
-def counted(kind: str, action: Callable[[], None]) -> None:
-    """Run one reconcile, counting it and its errors for /metrics."""
+def counted(kind: str, body: kopf.Body, action: Callable[[], None]) -> None:
+    """Run one reconcile, counting it and its errors for /metrics.
+
+    Waiting and Stalled are states already written into the conditions: logged once per
+    change (INFO, WARNING), not raised to kopf, which would log them at ERROR on every run;
+    the 3 s timer runs the next pass. API and other errors stay errors.
+    """
     RECONCILES.labels(kind).inc()
     try:
         action()
+        events.forget(dict(body))
+    except (events.Waiting, events.Stalled) as state:
+        events.log_state(dict(body), kind, state)
     except kopf.TemporaryError:
         raise
     except ApiException as error:  # a conflict, a terminating namespace, an API hiccup
@@ -66,6 +74,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = STATE["watch_timeout"] + 30
     settings.posting.level = logging.INFO
     settings.execution.max_workers = 8
+    logging.getLogger("kopf.objects").addFilter(events.TimerSuccessFilter())
     kube()
 
 
@@ -74,14 +83,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, "dnnservices")
 @kopf.on.update(GROUP, VERSION, "dnnservices", field="spec")
 def service_changed(body: kopf.Body, **_: Any) -> None:
-    counted("DNNService", lambda: dnnservice.reconcile_service(dict(body), kube(), config()))
+    counted("DNNService", body, lambda: dnnservice.reconcile_service(dict(body), kube(), config()))
 
 
 @kopf.timer(GROUP, VERSION, "dnnservices", interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
 def service_timer(body: kopf.Body, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    counted("DNNService", lambda: dnnservice.reconcile_service(dict(body), kube(), config()))
+    counted("DNNService", body, lambda: dnnservice.reconcile_service(dict(body), kube(), config()))
 
 
 @kopf.on.delete(GROUP, VERSION, "dnnservices")
@@ -94,14 +103,14 @@ def service_deleted(body: kopf.Body, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, "splitplans")
 @kopf.on.update(GROUP, VERSION, "splitplans", field="spec")
 def plan_changed(body: kopf.Body, **_: Any) -> None:
-    counted("SplitPlan", lambda: splitplan.reconcile_plan(dict(body), kube(), config()))
+    counted("SplitPlan", body, lambda: splitplan.reconcile_plan(dict(body), kube(), config()))
 
 
 @kopf.timer(GROUP, VERSION, "splitplans", interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
 def plan_timer(body: kopf.Body, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    counted("SplitPlan", lambda: splitplan.reconcile_plan(dict(body), kube(), config()))
+    counted("SplitPlan", body, lambda: splitplan.reconcile_plan(dict(body), kube(), config()))
 
 
 @kopf.on.delete(GROUP, VERSION, "splitplans")
@@ -114,10 +123,23 @@ def plan_deleted(body: kopf.Body, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, "crosslinks")
 @kopf.on.create(GROUP, VERSION, "crosslinks")
 @kopf.on.update(GROUP, VERSION, "crosslinks", field="spec")
-def crosslink_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    status: Obj = crosslink.validate_crosslink(dict(body))
-    patch.status.update(status)
-    crosslink.raise_if_stalled(status)
+def crosslink_changed(body: kopf.Body, **_: Any) -> None:
+    counted("CrossLink", body, lambda: crosslink.reconcile_crosslink(dict(body), kube(), config()))
+
+
+@kopf.timer(GROUP, VERSION, "crosslinks", interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
+def crosslink_timer(body: kopf.Body, **_: Any) -> None:
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    counted("CrossLink", body, lambda: crosslink.reconcile_crosslink(dict(body), kube(), config()))
+
+
+@kopf.on.delete(GROUP, VERSION, "crosslinks")
+def crosslink_deleted(body: kopf.Body, **_: Any) -> None:
+    """Children are owned by the CrossLink; the local gateway drops the cross path when the
+    SplitPlan rollout next applies it."""
+    kopf.info(body, reason="Deleted", message="training Job, links and cross-path stages go "
+                                              "with the CrossLink")
 
 
 @kopf.on.probe(id="reconciles")

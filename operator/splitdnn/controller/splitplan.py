@@ -18,11 +18,12 @@ from typing import Any
 import kopf
 
 from splitdnn.api import PINNED_ANNOTATION
-from splitdnn.controller import children, conditions
+from splitdnn.controller import children, conditions, crosslink_children
 from splitdnn.controller.config import OperatorConfig
 from splitdnn.controller.discovery import matches, node_class
+from splitdnn.controller.events import Stalled, Waiting
 from splitdnn.controller.kube import Kube, Obj, adopt
-from splitdnn.controller.metrics import scrape, stage_measurements
+from splitdnn.controller.metrics import measure
 from splitdnn.controller.planner import placement
 
 log = logging.getLogger("splitdnn.operator")
@@ -69,20 +70,20 @@ class PlanRollout:
             "placement": placement(self.stages)})
 
     def wait(self, reason: str, message: str, phase: str = "Pending",
-             **fields: Any) -> kopf.TemporaryError:
+             **fields: Any) -> Waiting:
         self.conditions = conditions.set_condition(self.conditions, "RolledOut", False, reason,
                                                    message, self.generation)
         self.conditions = conditions.progressing(self.conditions, reason, message,
                                                  self.generation)
         self.write(phase=phase, **fields)
-        return kopf.TemporaryError(message, delay=2)
+        return Waiting(message)
 
-    def stall(self, reason: str, message: str) -> kopf.PermanentError:
+    def stall(self, reason: str, message: str) -> Stalled:
         self.conditions = conditions.set_condition(self.conditions, "RolledOut", False, reason,
                                                    message, self.generation)
         self.conditions = conditions.stalled(self.conditions, reason, message, self.generation)
         self.write(phase="Failed")
-        return kopf.PermanentError(message)
+        return Stalled(message)
 
     def run(self) -> None:
         service_name = self.body["spec"]["serviceRef"]["name"]
@@ -118,14 +119,15 @@ class PlanRollout:
         for kind, name in old:
             self.kube.delete(kind, self.namespace, name)
             kopf.info(self.event_target, reason="StageRemoved", message=f"{kind} {name} (replaced)")
-        measured = self.gateway_latency(service_name)
+        measured = self.gateway_latency(service_name, switched)
         self.conditions = conditions.set_condition(
             self.conditions, "RolledOut", True, "Serving",
             f"{len(self.stages)} stages serving: {placement(self.stages)}", self.generation)
         self.conditions = conditions.ready(self.conditions, "Serving", "all stages ready",
                                            self.generation)
+        # null removes a stale figure (merge patch) when no request was measured lately
         self.write(phase="Serving", stages=statuses,
-                   **({"measured": {"latencyMs": round(measured, 3)}} if measured else {}))
+                   measured={"latencyMs": round(measured, 3) if measured else None})
 
     def check_layers(self, analysis: Obj) -> None:
         last = len(analysis["layers"]) - 1
@@ -138,16 +140,16 @@ class PlanRollout:
             raise self.stall("InvalidStage", f"spec.stages[{len(self.stages) - 1}].layers: the "
                                              f"last stage must end at layer {last}")
 
-    def image(self, service: Obj, stage: Obj) -> str:
-        runtime_image = (service["spec"].get("runtime") or {}).get("image")
-        if runtime_image:
-            return str(runtime_image)
+    def image(self, service: Obj, stage: Obj) -> tuple[str, bool]:
+        """The stage's runtime image, and whether its nodes have a GPU."""
         nodes = [n for n in self.kube.list("Node", None)
                  if matches(n, stage.get("nodeSelector") or {})]
-        if not nodes:
-            return self.config.image_cpu
-        cls, selector = node_class(nodes[0], self.config.class_labels)
-        return self.config.image_for(cls, selector)
+        cls, selector = node_class(nodes[0], self.config.class_labels) if nodes else ("", {})
+        gpu = bool(nodes) and self.config.gpu_class(cls, selector)
+        runtime_image = (service["spec"].get("runtime") or {}).get("image")
+        if runtime_image:
+            return str(runtime_image), gpu
+        return (self.config.image_for(cls, selector) if nodes else self.config.image_cpu), gpu
 
     def apply_stages(self, service: Obj, revisions: list[str], names: list[str]) -> list[Obj]:
         deployments = []
@@ -156,9 +158,10 @@ class PlanRollout:
                          if index + 1 < len(self.stages) else None)
             self.kube.apply(adopt(children.build_stage_service(
                 self.body, stage, revision, self.config), self.body))
+            image, gpu = self.image(service, stage)
             deployments.append(self.kube.apply(adopt(children.build_stage_deployment(
-                self.body, stage, service["spec"], revision, next_host,
-                self.image(service, stage), self.config), self.body)))
+                self.body, stage, service["spec"], revision, next_host, image, self.config,
+                gpu), self.body)))
         return deployments
 
     def apply_entry(self, service: Obj, first: Obj) -> float:
@@ -186,7 +189,10 @@ class PlanRollout:
             children.stage_host(children.entry_name(service["metadata"]["name"]), self.namespace),
             children.gateway_manifest(analysis),
             (service["spec"].get("runtime") or {}).get("image") or self.config.image_cpu,
-            self.config, selector, (tier or {}).get("tolerations") or [])
+            self.config, selector, (tier or {}).get("tolerations") or [],
+            crosslink_children.gateway_cross_args(self.kube.list("CrossLink", self.namespace),
+                                                  service["metadata"]["name"], self.namespace,
+                                                  self.config))
         self.kube.apply(adopt(children.build_gateway_service(service, self.config), service))
         return self.kube.apply(adopt(gateway, service))
 
@@ -199,6 +205,8 @@ class PlanRollout:
                 and not obj["metadata"].get("deletionTimestamp")]
 
     def stage_statuses(self, deployments: list[Obj]) -> list[Obj]:
+        """Readiness, nodes and the recent measurements of each stage (its pods are the
+        stage revision's own, so no other plan's requests are in them)."""
         statuses = []
         for stage, deployment in zip(self.stages, deployments, strict=True):
             labels = deployment["spec"]["selector"]["matchLabels"]
@@ -208,7 +216,7 @@ class PlanRollout:
             urls = {p["metadata"]["name"]:
                     f"http://{p['status']['podIP']}:{self.config.metrics_port}/metrics"
                     for p in pods}
-            latency, rate = stage_measurements(urls)
+            latency, rate = measure(urls)
             entry: Obj = {"name": stage["name"], "replicas": stage.get("replicas", 1),
                           "readyReplicas": (deployment.get("status") or {}).get(
                               "readyReplicas", 0),
@@ -220,16 +228,15 @@ class PlanRollout:
             statuses.append(entry)
         return statuses
 
-    def gateway_latency(self, service_name: str) -> float | None:
+    def gateway_latency(self, service_name: str, since: float) -> float | None:
+        """Mean end-to-end latency (ms) of the gateway's recent requests, those since
+        ``since`` (the last switch) only: the gateway outlives plans."""
         selector = f"splitdnn.io/service={service_name},splitdnn.io/component=gateway"
-        total = count = 0.0
-        for pod in self.kube.list("Pod", self.namespace, selector):
-            ip = (pod.get("status") or {}).get("podIP")
-            if ip:
-                values = scrape(f"http://{ip}:{self.config.gateway_port}/metrics")
-                total += values.get("splitdnn_stage_latency_seconds_sum", 0.0)
-                count += values.get("splitdnn_stage_latency_seconds_count", 0.0)
-        return 1000 * total / count if count else None
+        urls = {pod["metadata"]["name"]:
+                f"http://{pod['status']['podIP']}:{self.config.gateway_port}/metrics"
+                for pod in self.kube.list("Pod", self.namespace, selector)
+                if (pod.get("status") or {}).get("podIP")}
+        return measure(urls, since)[0]
 
 
 def reconcile_plan(body: Obj, kube: Kube, config: OperatorConfig) -> None:

@@ -7,3 +7,7 @@ class CoordinationError(Exception):
 
 class FrozenParameterChanged(CoordinationError):
     """Training changed a parameter or buffer of a frozen block (a bug; links alone may learn)."""
+
+
+class DatasetUnavailable(CoordinationError):
+    """A dataset file could not be fetched (network): the input may be fine, a retry may help."""

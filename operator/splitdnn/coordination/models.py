@@ -89,10 +89,10 @@ def digits_model(role: str, data: TaskPair) -> nn.Module:
     """Build (and train, or load from the cache) one of the digit CNNs."""
     from splitdnn.graph.sources import cache_dir
 
-    if data.source != "sklearn:digits":
+    task = data.local if role == "local" else data.host
+    if data.source != "sklearn:digits" or task is None:
         raise CoordinationError(f"{DIGITS_PREFIX}{role}: needs --data sklearn:digits, got "
                                 f"{data.source}")
-    task = data.local if role == "local" else data.host
     torch.manual_seed(TRAIN_SEED)
     model = (local_cnn if role == "local" else host_cnn)(task.num_classes)
     if role == "random":
@@ -120,17 +120,28 @@ def torchvision_model(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None).eval()
 
 
-def load_model(reference: str, data: TaskPair) -> LoadedModel:
-    """Resolve ``--local``/``--host`` to a torch model; other sources get a clear error."""
+def load_model(reference: str, data: TaskPair | None,
+               input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Resolve ``--local``/``--host`` to a torch model; other sources get a clear error.
+
+    ``input_shape`` (without batch) overrides a torchvision model's default 3×64×64 input, as
+    a served DNNService's ``inputShape`` does; the digit CNNs take 1×8×8 only.
+    """
     if reference.startswith(DIGITS_PREFIX):
         role = reference.removeprefix(DIGITS_PREFIX)
         if role not in DIGITS_ROLES:
             raise CoordinationError(f"model {reference}: expected {DIGITS_PREFIX}ROLE with ROLE "
                                     f"one of {', '.join(DIGITS_ROLES)}")
+        if data is None:
+            raise CoordinationError(f"model {reference}: needs --data sklearn:digits")
+        if input_shape is not None and tuple(input_shape) != data.local.input_shape:
+            raise CoordinationError(f"model {reference}: takes input "
+                                    f"{list(data.local.input_shape)}, not {list(input_shape)}")
         return LoadedModel(reference, digits_model(role, data), data.local.input_shape)
     if reference.startswith(TORCHVISION_PREFIX):
         name = reference.removeprefix(TORCHVISION_PREFIX)
-        return LoadedModel(reference, torchvision_model(name), TORCHVISION_INPUT)
+        shape = tuple(input_shape) if input_shape is not None else TORCHVISION_INPUT
+        return LoadedModel(reference, torchvision_model(name), shape)
     raise CoordinationError(
         f"model {reference}: CoDE trains links through torch modules, so the model must be "
         f"{DIGITS_PREFIX}ROLE or {TORCHVISION_PREFIX}NAME (ONNX files and other sources "

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from splitdnn.coordination.blocks import BlockedModel, decompose
+from splitdnn.coordination.blocks import BlockedModel, Shape, decompose
 from splitdnn.coordination.compose import PathModel
-from splitdnn.coordination.data import TaskPair, adapt_images, load_dataset
+from splitdnn.coordination.data import TaskPair, adapt_images, check_fits, load_dataset
+from splitdnn.coordination.errors import CoordinationError
 from splitdnn.coordination.links import Architecture
 from splitdnn.coordination.models import load_model
-from splitdnn.coordination.paths import Path, enumerate_paths
+from splitdnn.coordination.paths import Path, enumerate_paths, validate_path
 from splitdnn.coordination.search import Evaluate
 from splitdnn.coordination.throughput import (
     BlockTimes,
@@ -41,6 +42,7 @@ class Session:
     width: int | None = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
     results: dict[Path, TrainingResult] = field(default_factory=dict)
+    models: dict[Path, PathModel] = field(default_factory=dict)
 
     def path_model(self, path: Path, just_links: bool = False) -> PathModel:
         """A fresh composed model (new, untrained links) for ``path``."""
@@ -50,30 +52,57 @@ class Session:
     def train(self, path: Path) -> TrainingResult:
         """Train the links of ``path`` (once; later calls return the first result)."""
         if path not in self.results:
-            self.results[path] = train_links(self.path_model(path), self.data.local,
-                                             self.training, self.local.input_shape)
+            model = self.path_model(path)
+            self.results[path] = train_links(model, self.data.local, self.training,
+                                             self.local.input_shape)
+            self.models[path] = model
         return self.results[path]
+
+    def throughput(self, path: Path) -> PathThroughput:
+        """The measured throughput of one prepared path."""
+        found = next((t for t in self.throughputs if t.path == path), None)
+        if found is None:
+            raise CoordinationError(f"path {path}: not among the prepared paths")
+        return found
 
     def evaluator(self) -> Evaluate:
         """The search's evaluate callback: train and return test accuracy."""
         return lambda path: self.train(path).accuracy
 
 
+def outputs(model: BlockedModel) -> int:
+    """Width of a classifier's output (the classes its labels may index)."""
+    shape = model.block_outputs[-1]
+    if len(shape) != 1:
+        raise CoordinationError(f"model {model.reference}: its output has shape {list(shape)}; "
+                                "CoDE trains links for classifiers (one score per class)")
+    return shape[0]
+
+
 def prepare(local_ref: str, host_ref: str, data_ref: str, local_blocks: int = 4,
             host_blocks: int = 4, setting: StreamSetting | None = None,
             architecture: Architecture = "conv", width: int | None = None,
             training: TrainingConfig | None = None, skip: bool = True,
-            repeats: int = 5) -> Session:
-    """Resolve references, divide the models, measure ``A_0`` and every path's throughput."""
+            repeats: int = 5, paths: list[Path] | None = None,
+            input_shapes: tuple[Shape | None, Shape | None] = (None, None),
+            data_sha256: str | None = None) -> Session:
+    """Resolve references, divide the models, measure ``A_0`` and the throughput of every
+    path (or of ``paths`` only); ``input_shapes`` override the models' (local, host) inputs;
+    ``data_sha256`` is the digest of a dataset file."""
     setting = setting or StreamSetting()
-    data = load_dataset(data_ref)
-    local_model, host_model = load_model(local_ref, data), load_model(host_ref, data)
+    data = load_dataset(data_ref, data_sha256)
+    local_model = load_model(local_ref, data, input_shapes[0])
+    host_model = load_model(host_ref, data, input_shapes[1])
     local = decompose(local_model.module, local_blocks, local_model.input_shape, local_ref)
+    check_fits(data, local.input_shape, outputs(local))
     host = decompose(host_model.module, host_blocks, host_model.input_shape, host_ref)
     x_test = adapt_images(data.local.x_test, local.input_shape)
     main_accuracy = accuracy(local_model.module, x_test, data.local.y_test,
                              data.local.num_classes)
-    paths = enumerate_paths(local_blocks, host_blocks, skip=skip)
+    if paths is None:
+        paths = enumerate_paths(local_blocks, host_blocks, skip=skip)
+    for path in paths:
+        validate_path(path, local_blocks, host_blocks)
     times = measure(local, host, paths, setting, architecture, width, repeats)
     throughputs = [path_throughput(path, times, setting) for path in paths]
     return Session(data=data, local=local, host=host, main_accuracy=main_accuracy,

@@ -11,6 +11,7 @@ Writes are no-ops when nothing changes, so running them repeatedly converges.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -87,11 +88,13 @@ def condition(kind: str, status: bool, reason: str, message: str = "",
 
 def record_event(store: Store, obj: Obj, reason: str, message: str, component: str,
                  warning: bool = False) -> None:
-    """A core/v1 Event about ``obj`` (what ``kubectl describe`` lists)."""
+    """A core/v1 Event about ``obj`` (what ``kubectl describe`` lists). Best effort, as
+    Kubernetes' event recorders are: one the API refuses (in a namespace being deleted) is
+    dropped, so that the action it reports (stopping a pod, say) still happens."""
     meta = obj["metadata"]
     namespace = meta.get("namespace") or "default"
     now = now_rfc3339()
-    store.create(store.type_for("", "v1", "events"), namespace, {
+    event = {
         "metadata": {"name": f"{meta['name']}.{random_suffix(10)}"},
         "involvedObject": {"kind": obj.get("kind"), "apiVersion": obj.get("apiVersion"),
                            "name": meta["name"], "namespace": meta.get("namespace", ""),
@@ -100,7 +103,9 @@ def record_event(store: Store, obj: Obj, reason: str, message: str, component: s
         "reason": reason, "message": message, "type": "Warning" if warning else "Normal",
         "source": {"component": component}, "reportingComponent": component,
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    })
+    }
+    with contextlib.suppress(ApiError):
+        store.create(store.type_for("", "v1", "events"), namespace, event)
 
 
 def _new_pod(store: Store, owner: Obj, template: dict[str, Any], name: str,

@@ -182,17 +182,11 @@ def _setup_network(config: ClusterConfig, layout: Layout, record: Path) -> None:
         _run("ip", "-n", netns, "addr", "add", f"{layout.pod_subnet_base(index)}.1/24",
              "dev", "br0")
         _run("ip", "-n", netns, "link", "set", "br0", "up")
-        _run("ip", "-n", netns, "route", "add", "default", "via", layout.gateway_ip, "dev", "eth0",
-             "onlink")
         _run("ip", "netns", "exec", netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         _run("ip", "route", "add", f"{layout.pod_subnet_base(index)}.0/24", "via",
              layout.node_ip(index), "dev", layout.bridge, "onlink")
     for index, node in enumerate(config.nodes):
-        for peer in range(len(config.nodes)):
-            if peer != index:
-                _run("ip", "-n", layout.netns[node.name], "route", "add",
-                     f"{layout.pod_subnet_base(peer)}.0/24", "via", layout.node_ip(peer),
-                     "dev", "eth0", "onlink")
+        _route_node(layout, index, len(config.nodes))
         _shape(config, layout, index, node.name)
 
 
@@ -355,6 +349,20 @@ def set_link(layout: Layout, node: str, up: bool) -> None:
     """Cut or restore a node's network (node-down / node-up)."""
     if node in layout.netns:
         _quiet("ip", "-n", layout.netns[node], "link", "set", "eth0", "up" if up else "down")
+    if up and node in layout.netns:
+        _route_node(layout, list(layout.netns).index(node), len(layout.netns))
+
+
+def _route_node(layout: Layout, index: int, node_count: int) -> None:
+    """A node's routes over its uplink: the default and every other node's pod subnet. The
+    kernel drops them when the uplink goes down, so node-up puts them back."""
+    netns = list(layout.netns.values())[index]
+    route = ("ip", "-n", netns, "route", "replace")
+    _run(*route, "default", "via", layout.gateway_ip, "dev", "eth0", "onlink")
+    for peer in range(node_count):
+        if peer != index:
+            _run(*route, f"{layout.pod_subnet_base(peer)}.0/24", "via", layout.node_ip(peer),
+                 "dev", "eth0", "onlink")
 
 
 def teardown(layout: Layout) -> None:

@@ -1,27 +1,35 @@
 """The process kubelet: runs the pods bound to emulated nodes as local processes.
 
 A container's ``command`` + ``args`` run with its ``env`` (plus the downward-API fields the
-pod asks for) inside its own network namespace and its node's CPU cgroup; the image stands
+pod asks for) inside its own network namespace and its node's CPU cgroup, ``$(VAR)`` in them
+expanded from the container's env as Kubernetes does; the image stands
 for the local Python environment (``python`` and ``splitdnn`` are those of the interpreter
 running the devcluster), and the config's ``images`` give an image's ENTRYPOINT and CMD.
 Exits are restarted per ``restartPolicy`` with a doubling back-off (CrashLoopBackOff).
+Volumes are not emulated, except configMap volumes mounted below the container's workingDir:
+their files are written at the same place below the pod's directory (where its containers
+run) before each start.
 HTTP, TCP and exec probes run as the kubelet runs them: startup gates the others, readiness decides
 Ready, liveness failures restart the container. stdout/stderr go to a log file per
 container that ``kubectl logs`` reads. Pod status (phase, conditions, podIP, container
-states, restart counts) is written through the status subresource."""
+states, restart counts) is written through the status subresource. Deleting a pod runs each
+container's ``lifecycle.preStop`` (sleep, exec or httpGet) before SIGTERM, all within the
+grace period (capped at 10 s here)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fnmatch
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aiohttp
@@ -280,7 +288,8 @@ class Kubelet:
         return run.restart_policy == "OnFailure" and container.exit_code != 0
 
     async def _launch(self, run: PodRun, pod: Obj, container: Container) -> None:
-        argv = self._argv(container.spec)
+        spec_env = self._spec_env(run, pod, container.spec)
+        argv = [expand_vars(part, spec_env) for part in self._argv(container.spec)]
         container.exit_code = container.finished_at = None
         container.ready = False
         container.probes = {}
@@ -292,12 +301,18 @@ class Kubelet:
             container.next_start = float("inf")
             return
         log_path = self.log_dir(run.namespace, run.name) / f"{container.name}.log"
+        missing = self._project_configmaps(pod, container.spec, log_path.parent)
+        if missing:
+            container.error = f"configmap {missing!r} not found"
+            container.exit_code, container.finished_at = 1, now_rfc3339()
+            container.next_start = time.monotonic() + self.config.restart_backoff_s
+            return
         with open(log_path, "ab") as log_file:
             container.process = await asyncio.create_subprocess_exec(
                 *isolation.launch_prefix(self.layout, run.node, run.netns, run.cgroup,
                                          run.hostname), *argv,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-                env=self._env(run, pod, container.spec), cwd=str(log_path.parent),
+                env=self._env(run, spec_env), cwd=str(log_path.parent),
                 start_new_session=True)
         container.started_at = now_rfc3339()
         record_event(self.store, pod, "Started", f"Started container {container.name}",
@@ -305,6 +320,28 @@ class Kubelet:
         pid_file = self.state_dir / "pids" / str(container.process.pid)
         pid_file.write_text(f"{run.namespace}/{run.name}/{container.name}\n")
         asyncio.get_running_loop().create_task(self._wait(run, container, pid_file))
+
+    def _project_configmaps(self, pod: Obj, spec: dict[str, Any], pod_dir: Path) -> str | None:
+        """Write the configMap volumes the container mounts (below its workingDir) into the
+        pod's directory; the name of a missing, non-optional ConfigMap, else None."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or [] if "configMap" in v}
+        for mount in spec.get("volumeMounts") or []:
+            volume = volumes.get(mount.get("name"))
+            where = mount_below_workdir(mount.get("mountPath", ""), spec.get("workingDir"))
+            if volume is None or where is None:
+                continue
+            source = volume["configMap"]
+            cm = self.store.find(self.store.type_for("", "v1", "configmaps"),
+                                 pod["metadata"]["namespace"], source.get("name", ""))
+            if cm is None:
+                if source.get("optional"):
+                    continue
+                return str(source.get("name", ""))
+            for relative, content in configmap_files(source, cm).items():
+                target = pod_dir / where / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+        return None
 
     async def _wait(self, run: PodRun, container: Container, pid_file: Path) -> None:
         process = container.process
@@ -329,11 +366,8 @@ class Kubelet:
         args = spec.get("args") or ([] if spec.get("command") or image is None else image.cmd)
         return [str(part) for part in [*command, *args]]
 
-    def _env(self, run: PodRun, pod: Obj, spec: dict[str, Any]) -> dict[str, str]:
-        fields = {"metadata.name": run.name, "metadata.namespace": run.namespace,
-                  "metadata.uid": run.uid, "spec.nodeName": run.node, "status.podIP": run.ip,
-                  "status.hostIP": run.host_ip,
-                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default")}
+    def _env(self, run: PodRun, spec_env: dict[str, str]) -> dict[str, str]:
+        """The process environment: the kubelet's own variables, then the container's."""
         bin_dir = str(Path(sys.executable).parent)
         env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                "HOME": os.environ.get("HOME", "/root"), "HOSTNAME": run.name,
@@ -345,10 +379,20 @@ class Kubelet:
         for key in ("SPLITDNN_CACHE_DIR", "PYTHONPATH", "LANG"):
             if key in os.environ:
                 env[key] = os.environ[key]
+        return {**env, **spec_env}
+
+    def _spec_env(self, run: PodRun, pod: Obj, spec: dict[str, Any]) -> dict[str, str]:
+        """The container's ``env`` in order, each value's ``$(VAR)`` expanded from the ones
+        before it (as Kubernetes expands dependent variables)."""
+        fields = {"metadata.name": run.name, "metadata.namespace": run.namespace,
+                  "metadata.uid": run.uid, "spec.nodeName": run.node, "status.podIP": run.ip,
+                  "status.hostIP": run.host_ip,
+                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default")}
+        env: dict[str, str] = {}
         for var in spec.get("env") or []:
             value_from = var.get("valueFrom") or {}
             if "value" in var:
-                env[var["name"]] = str(var["value"])
+                env[var["name"]] = expand_vars(str(var["value"]), env)
             elif "fieldRef" in value_from:
                 env[var["name"]] = fields.get(value_from["fieldRef"].get("fieldPath", ""), "")
             elif "configMapKeyRef" in value_from:
@@ -519,7 +563,7 @@ class Kubelet:
             failed = any(i.exit_code not in (None, 0) for i in run.init.values())
             return "Failed" if failed and run.restart_policy == "Never" else "Pending"
         containers = list(run.containers.values())
-        if any(c.process is not None and c.process.returncode is None for c in containers):
+        if any(_running(c) for c in containers):
             return "Running"
         if containers and all(c.exit_code is not None and not self._restarts(run, c)
                               for c in containers):
@@ -567,10 +611,11 @@ class Kubelet:
     # ---- stopping -------------------------------------------------------------------
     async def _stop_pod(self, run: PodRun, pod: Obj) -> None:
         grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 30)
+        deadline = time.monotonic() + min(grace, 10.0)
         for name in run.containers:
             record_event(self.store, pod, "Killing", f"Stopping container {name}", "kubelet")
+        await self._pre_stop(run, pod, deadline)
         self._kill_run(run, signal.SIGTERM)
-        deadline = time.monotonic() + min(grace, 10.0)
         while time.monotonic() < deadline and any(
                 _running(c) for c in [*run.init.values(), *run.containers.values()]):
             await asyncio.sleep(0.05)
@@ -578,6 +623,43 @@ class Kubelet:
         self._finish(run)
         self.store.remove_now(pods(self.store), run.namespace, run.name)
         self.wake.set()
+
+    async def _pre_stop(self, run: PodRun, pod: Obj, deadline: float) -> None:
+        """The running containers' preStop hooks, side by side, until done or the deadline; a
+        failed hook is a Warning event and the stop goes on (as the kubelet does)."""
+        hooks = {c.name: c.spec["lifecycle"]["preStop"] for c in run.containers.values()
+                 if _running(c) and (c.spec.get("lifecycle") or {}).get("preStop")}
+        if not hooks:
+            return
+        errors = await asyncio.gather(*(self._hook(run, hook, deadline)
+                                        for hook in hooks.values()))
+        for name, error in zip(hooks, errors, strict=True):
+            if error:
+                record_event(self.store, pod, "FailedPreStopHook",
+                             f"PreStopHook failed for container {name}: {error}", "kubelet",
+                             warning=True)
+
+    async def _hook(self, run: PodRun, handler: dict[str, Any], deadline: float) -> str | None:
+        """Run one lifecycle handler; None when it succeeded, else what went wrong."""
+        timeout = max(0.0, deadline - time.monotonic())
+        if "sleep" in handler:
+            await asyncio.sleep(min(float(handler["sleep"].get("seconds", 0)), timeout))
+            return None
+        if "exec" in handler:
+            ok = await self._exec_probe(run, list(handler["exec"].get("command") or []),
+                                        timeout)
+            return None if ok else "exec command failed or timed out"
+        if "httpGet" in handler:
+            get = handler["httpGet"]
+            url = (f"{str(get.get('scheme', 'HTTP')).lower()}://{get.get('host') or run.ip}:"
+                   f"{self._port(run, get.get('port', 80))}{get.get('path', '/')}")
+            try:
+                async with aiohttp.ClientSession() as session, session.get(
+                        url, timeout=aiohttp.ClientTimeout(total=max(timeout, 0.1))) as reply:
+                    return None if reply.status < 400 else f"GET {url}: HTTP {reply.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                return f"GET {url}: {error!r}"
+        return f"unsupported handler {sorted(handler)}"
 
     def _kill_run(self, run: PodRun, sig: signal.Signals) -> None:
         for container in [*run.init.values(), *run.containers.values()]:
@@ -615,6 +697,45 @@ class Kubelet:
         return any(r.namespace == namespace and r.name == pod for r in self.runs.values())
 
 
+VAR_REFERENCE = re.compile(r"\$\$|\$\(([^)]*)\)")
+
+
+def expand_vars(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion in command, args and env values: a defined variable is
+    replaced, an undefined reference stays as written, ``$$`` is a literal ``$``."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env[name] if name in env else match.group(0)
+
+    return VAR_REFERENCE.sub(replace, text)
+
+
+def mount_below_workdir(mount_path: str, working_dir: str | None) -> str | None:
+    """A mount's path relative to the container's workingDir (the pod's directory here), or
+    None for a mount elsewhere, which the devcluster cannot place."""
+    if not working_dir or not mount_path:
+        return None
+    base, target = PurePosixPath(working_dir), PurePosixPath(mount_path)
+    if target == base or base not in target.parents:
+        return None
+    return str(target.relative_to(base))
+
+
+def configmap_files(source: dict[str, Any], configmap: Obj) -> dict[str, bytes]:
+    """The files a configMap volume shows: every key (``data`` as UTF-8, ``binaryData``
+    decoded), or only the ``items`` listed, at their ``path``."""
+    contents = {key: value.encode() for key, value in (configmap.get("data") or {}).items()}
+    contents.update({key: base64.b64decode(value)
+                     for key, value in (configmap.get("binaryData") or {}).items()})
+    items = source.get("items")
+    if not items:
+        return {key: value for key, value in contents.items() if "/" not in key}
+    return {item["path"]: contents[item["key"]] for item in items if item["key"] in contents}
+
+
 def _cpu_limit(pod: Obj) -> float | None:
     """The pod's CPU limit in cores: the sum of its containers' ``limits.cpu``, if all set."""
     limits = [((c.get("resources") or {}).get("limits") or {}).get("cpu")
@@ -625,4 +746,7 @@ def _cpu_limit(pod: Obj) -> float | None:
 
 
 def _running(container: Container) -> bool:
-    return container.process is not None and container.process.returncode is None
+    """Started and its exit not yet recorded. Not ``returncode is None``: asyncio sets the
+    return code a moment before ``_wait`` records the exit, and a sync in between took the
+    container for one that was never started and launched it a second time."""
+    return container.process is not None and container.exit_code is None

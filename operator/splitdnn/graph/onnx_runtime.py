@@ -1,7 +1,9 @@
-"""ONNX Runtime sessions and random inputs on the CPU, shared by verify and the batch check."""
+"""ONNX Runtime session settings shared by verify, the runtime and the profiler; CPU sessions
+and random inputs for verify and the batch check."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,20 @@ def session_options(optimization: str = "all", threads: int | None = None,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
     return options
+
+
+TF32_VARIABLE = "SPLITDNN_CUDA_TF32"
+
+
+def with_provider_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """``providers`` as ``InferenceSession`` takes them, with our options for CUDA.
+
+    CUDA runs float32 MatMul/Gemm/Conv in full float32 precision unless ``SPLITDNN_CUDA_TF32=1``:
+    ORT's default, TF32 on Ampere and newer GPUs, changes results by about 1e-3 relative, so a
+    split would no longer give the whole model's output on other hardware."""
+    tf32 = "1" if os.environ.get(TF32_VARIABLE, "0") == "1" else "0"
+    return [(name, {"use_tf32": tf32}) if name == "CUDAExecutionProvider" else name
+            for name in providers]
 
 
 def cpu_session(

@@ -30,7 +30,7 @@ import numpy as np
 
 from splitdnn.graph.analysis import ModelGraph
 from splitdnn.graph.blocks import build_block
-from splitdnn.graph.onnx_runtime import random_input, session_options
+from splitdnn.graph.onnx_runtime import random_input, session_options, with_provider_options
 from splitdnn.profiling.meters import MIN_ENERGY_WINDOW_S, EnergyMeter, detect_meter
 from splitdnn.profiling.signature import (
     SegmentSignature,
@@ -209,6 +209,20 @@ def _energy_per_run(
     return None if energy is None else energy / runs
 
 
+def resolve_provider(provider: str) -> str:
+    """``auto``: the provider a block worker on this node would run, ``cuda`` where CUDA is
+    usable (an NVIDIA driver and the GPU build of ONNX Runtime), else ``cpu``; others as given.
+    Profiling Jobs use it, so that a GPU node's profile times what its stages will run."""
+    if provider != "auto":
+        return provider
+    import onnxruntime as ort
+
+    from splitdnn.runtime.engine import usable_providers
+
+    usable = usable_providers(ort.get_available_providers())
+    return "cuda" if PROVIDERS["cuda"] in usable else "cpu"
+
+
 def make_session(model: bytes, provider: str, threads: int | None) -> Any:
     """An ONNX Runtime session configured as the block runtime deploys one.
 
@@ -224,7 +238,8 @@ def make_session(model: bytes, provider: str, threads: int | None) -> Any:
                            f"{', '.join(ort.get_available_providers())}")
     options = session_options("all", threads, spinning=False)
     try:
-        session = ort.InferenceSession(model, options, providers=[PROVIDERS[provider]])
+        session = ort.InferenceSession(model, options,
+                                       providers=with_provider_options([PROVIDERS[provider]]))
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
         raise ProfileError(f"ONNX Runtime cannot load a segment: {error}") from error
     if PROVIDERS[provider] not in session.get_providers():

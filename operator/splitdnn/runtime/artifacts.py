@@ -15,8 +15,9 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from splitdnn.graph import analyse_model, resolve_model, split_model
+from splitdnn.graph import ModelGraph, analyse_model, resolve_model, split_model
 from splitdnn.graph.sources import cache_dir, file_sha256
 
 PVC_ROOT_ENV = "SPLITDNN_PVC_ROOT"
@@ -90,19 +91,38 @@ def fetch_model(source: str, sha256: str | None = None,
     return path, input_shape
 
 
+def _cut_block(graph: ModelGraph, layers: tuple[int, int], work: Path) -> dict[str, Any]:
+    """Write the block of ``layers`` (and its neighbours) into ``work``; its manifest entry."""
+    first, last = layers
+    count = len(graph.layers)
+    if not 0 <= first <= last < count:
+        raise ArtifactError(f"layers [{first}, {last}] are outside the model's 0..{count - 1}")
+    cuts = [cut for cut in (first - 1, last) if 0 <= cut < count - 1]
+    manifest = split_model(graph, cuts, work)
+    block: dict[str, Any] = next(b for b in manifest.blocks if tuple(b["layers"]) == layers)
+    return block
+
+
+def block_sha256s(model: Path, source: str, ranges: list[tuple[int, int]],
+                  input_shape: tuple[int, ...] | None = None) -> dict[tuple[int, int], str]:
+    """The sha256 of each range's block, cut as :func:`extract_block` cuts it (what a plan's
+    ``blockSha256`` must state for the stage's init container to accept the block)."""
+    graph = analyse_model(model, input_shape, source=source)
+    digests = {}
+    for layers in ranges:
+        with tempfile.TemporaryDirectory() as work:
+            digests[layers] = str(_cut_block(graph, layers, Path(work))["sha256"])
+    return digests
+
+
 def extract_block(model: Path, source: str, layers: tuple[int, int], out: Path,
                   input_shape: tuple[int, ...] | None = None,
                   expected_sha256: str | None = None) -> Path:
     """Cut the block of ``layers`` (inclusive) out of ``model`` into ``out/block.onnx``."""
     graph = analyse_model(model, input_shape, source=source)
     first, last = layers
-    count = len(graph.layers)
-    if not 0 <= first <= last < count:
-        raise ArtifactError(f"layers [{first}, {last}] are outside the model's 0..{count - 1}")
-    cuts = [cut for cut in (first - 1, last) if 0 <= cut < count - 1]
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as work:
-        manifest = split_model(graph, cuts, Path(work))
-        block = next(b for b in manifest.blocks if tuple(b["layers"]) == (first, last))
+        block = _cut_block(graph, layers, Path(work))
         if expected_sha256 is not None and block["sha256"] != expected_sha256.lower():
             raise ArtifactError(f"block for layers [{first}, {last}] has sha256 "
                                 f"{block['sha256']}, the plan expects {expected_sha256}")

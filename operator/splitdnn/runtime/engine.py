@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from splitdnn.graph.onnx_runtime import session_options
+from splitdnn.graph.onnx_runtime import session_options, with_provider_options
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                        "CPUExecutionProvider")
@@ -86,7 +86,8 @@ class BlockEngine:
 
         options = session_options("all", threads, spinning)
         wanted = choose_providers(usable_providers(ort.get_available_providers()), providers)
-        self.session = ort.InferenceSession(str(path), options, providers=wanted)
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=with_provider_options(wanted))
         self.providers: list[str] = self.session.get_providers()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:

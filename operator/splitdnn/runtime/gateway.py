@@ -5,6 +5,11 @@ matches results coming back by id (late and duplicate results are dropped and co
 answers 504 when a deadline passes and 503 when too many requests are in flight or the
 pipeline is down. Besides HTTP it offers a native ZeroMQ ROUTER endpoint that takes and
 returns wire-format messages, for clients that want the fast path.
+
+With a *cross path* (a CrossLink, CoDE) the gateway sends a share of its requests to another
+first stage — the head of a path that borrows a host service's blocks — while its load, the
+requests in flight counting the new one, exceeds a threshold. Results come back to the same
+results socket; an HTTP response says ``"route": "cross"`` in its parameters.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from splitdnn.runtime.wire import (
 
 log = logging.getLogger("splitdnn.gateway")
 STAGE = "gateway"
+CROSS_STAGE = "gateway-cross"  # metrics label of the requests sent through the cross path
 REMEMBERED_IDS = 4096
 
 
@@ -63,6 +69,36 @@ class GatewayConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     hwm: int = DEFAULT_HWM
     exits: list[int] = field(default_factory=list)
+    cross: list[str] = field(default_factory=list)
+    cross_share: float = 0.0
+    cross_load_threshold: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cross_share <= 1.0:
+            raise ValueError(f"cross share: expected 0 <= share <= 1, got {self.cross_share}")
+        if self.cross_load_threshold < 0:
+            raise ValueError(f"cross load threshold: expected >= 0, got "
+                             f"{self.cross_load_threshold}")
+
+
+class CrossRouter:
+    """Which requests take the cross path: ``share`` of those arriving while more than
+    ``threshold`` requests (this one included) are in flight, spread evenly (every fourth
+    for 0.25) by a credit that grows by ``share`` per such request."""
+
+    def __init__(self, share: float, threshold: int) -> None:
+        self.share, self.threshold = share, threshold
+        self.credit = 0.0
+
+    def take(self, in_flight: int) -> bool:
+        """Decide for a request arriving with ``in_flight`` others already pending."""
+        if self.share <= 0 or in_flight + 1 <= self.threshold:
+            return False
+        self.credit += self.share
+        if self.credit >= 1.0 - 1e-9:
+            self.credit -= 1.0
+            return True
+        return False
 
 
 class GatewayError(Exception):
@@ -78,6 +114,7 @@ class InferResult:
     output: np.ndarray
     exit: int | None
     trace: list[dict[str, Any]]
+    cross: bool = False
 
 
 class Gateway:
@@ -97,12 +134,18 @@ class Gateway:
         self.native_tasks: set[asyncio.Task[None]] = set()
         self.runner: web.AppRunner | None = None
         self.http_url = ""
+        self.router_cross = CrossRouter(config.cross_share, config.cross_load_threshold)
+        self.cross_peers: PeerSet | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self.to_first = self._socket(zmq.PUSH)
         self.first_peers = PeerSet(self.to_first, self.config.first)
-        self.tasks.append(asyncio.create_task(self._refresh_peers()))
+        self.tasks.append(asyncio.create_task(self._refresh_peers(self.first_peers)))
+        if self.config.cross:
+            self.to_cross = self._socket(zmq.PUSH)
+            self.cross_peers = PeerSet(self.to_cross, self.config.cross)
+            self.tasks.append(asyncio.create_task(self._refresh_peers(self.cross_peers)))
         self.results = self._socket(zmq.PULL)
         self.results.bind(self.config.results)
         self.tasks.append(asyncio.create_task(self._collect_results()))
@@ -132,10 +175,10 @@ class Gateway:
             await self.runner.cleanup()
         self.context.destroy(linger=0)
 
-    async def _refresh_peers(self) -> None:
-        while self.first_peers.named:
-            await asyncio.sleep(self.first_peers.refresh_s)
-            self.first_peers.apply(await asyncio.to_thread(self.first_peers.resolve))
+    async def _refresh_peers(self, peers: PeerSet) -> None:
+        while peers.named:
+            await asyncio.sleep(peers.refresh_s)
+            peers.apply(await asyncio.to_thread(peers.resolve))
 
     def _socket(self, kind: int) -> zmq.asyncio.Socket:
         socket = self.context.socket(kind)
@@ -165,11 +208,12 @@ class Gateway:
         reply_to = self.config.results_advertised or self.config.results
         message = Message(request_id, reply_to, time.time() + timeout, [tensor])
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        cross = self._cross_available() and self.router_cross.take(len(self.pending))
         self.pending[request_id] = future
         self.metrics.queue_depth.labels(STAGE).set(len(self.pending))
         started = time.monotonic()
         try:
-            reply = await asyncio.wait_for(self._send_and_wait(message, future), timeout)
+            reply = await asyncio.wait_for(self._send_and_wait(message, future, cross), timeout)
         except TimeoutError:
             self._forget(request_id, "late")
             self._count("timeout")
@@ -185,7 +229,12 @@ class Gateway:
             raise GatewayError(_status_for(reply.error["code"]),
                                f"{reply.error['code']}: {reply.error['message']}")
         self._count("exit" if reply.exit is not None else "ok")
-        return InferResult(reply.tensors[0], reply.exit, reply.trace)
+        return InferResult(reply.tensors[0], reply.exit, reply.trace, cross)
+
+    def _cross_available(self) -> bool:
+        """A cross path is configured and has an endpoint to send to (else: the main path)."""
+        peers = self.cross_peers
+        return peers is not None and bool(peers.static or peers.connected)
 
     def _admit(self) -> None:
         if not self.accepting:
@@ -197,9 +246,13 @@ class Gateway:
             raise GatewayError(503, f"too many requests in flight "
                                     f"({self.config.max_inflight}); retry later")
 
-    async def _send_and_wait(self, message: Message, future: asyncio.Future[Message]) -> Message:
-        await self.to_first.send_multipart(encode(message), copy=False)
-        self.metrics.sent_bytes.labels(STAGE).inc(message.tensors[0].nbytes)
+    async def _send_and_wait(self, message: Message, future: asyncio.Future[Message],
+                             cross: bool = False) -> Message:
+        socket, stage = (self.to_cross, CROSS_STAGE) if cross else (self.to_first, STAGE)
+        await socket.send_multipart(encode(message), copy=False)
+        self.metrics.sent_bytes.labels(stage).inc(message.tensors[0].nbytes)
+        if cross:
+            self.metrics.requests.labels(CROSS_STAGE, "sent").inc()
         return await future
 
     def _forget(self, request_id: str, how: str) -> None:
@@ -316,9 +369,12 @@ class Gateway:
             return web.json_response({"error": str(error)}, status=400)
         except GatewayError as error:
             return web.json_response({"error": str(error)}, status=error.status)
+        parameters: dict[str, Any] = {} if result.exit is None else {"exit": result.exit}
+        if result.cross:
+            parameters["route"] = "cross"
         payload, headers = encode_infer_response(
             self.config.model, parsed.request_id, self.config.output["name"], result.output,
-            parsed.binary_output, {"exit": result.exit} if result.exit is not None else {},
+            parsed.binary_output, parameters,
         )
         return web.Response(body=payload, headers=headers)
 
