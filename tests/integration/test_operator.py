@@ -363,10 +363,10 @@ def test_latency_drift_replans_with_the_measured_costs(
     api.wait_for(f"/api/v1/namespaces/{namespace}/events", lambda r: isinstance(r, dict) and any(
         e["reason"] == "LatencyDrift" and e["involvedObject"]["name"] == "dr"
         for e in r["items"]), timeout=30, what="a LatencyDrift event")
-    service = api.wait_for(f"{GROUP_PATH}/{namespace}/dnnservices/dr", lambda s: isinstance(
+    drifted = api.wait_for(f"{GROUP_PATH}/{namespace}/dnnservices/dr", lambda s: isinstance(
         s, dict) and (condition(s, "Planned") or {}).get("reason") == "LatencyDrift",
         timeout=30, what="Planned: LatencyDrift on the service")
-    service_status = service["status"]
+    service_status = drifted["status"]
     assert service_status["drift"]["message"], service_status  # what the last pass decided
     api.wait_for(f"{GROUP_PATH}/{namespace}/splitplans/dr",
                  lambda p: plan_settled(api, namespace, "dr", "")(p)
