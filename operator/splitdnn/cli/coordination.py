@@ -31,6 +31,9 @@ DataOpt = Annotated[str, typer.Option(
                    "at https://URL (with --data-sha256) or pvc://CLAIM/PATH")]
 DataShaOpt = Annotated[str | None, typer.Option(
     "--data-sha256", help="Hex SHA-256 of the dataset file (required for https://)")]
+LocalOpt = Annotated[str, typer.Option("--local", help="Local model: digits-cnn:ROLE or "
+                                       "torchvision:NAME")]
+HostOpt = Annotated[str, typer.Option("--host", help="Host model (as --local)")]
 
 
 def data_sha256(text: str | None) -> str | None:
@@ -78,9 +81,8 @@ def search_table(session: Session, result: SearchResult) -> Table:
 
 @app.command("code-search")
 def code_search_command(
-    local: Annotated[str, typer.Option("--local", help="Local model: digits-cnn:ROLE or "
-                                       "torchvision:NAME")],
-    host: Annotated[str, typer.Option("--host", help="Host model (as --local)")],
+    local: LocalOpt,
+    host: HostOpt,
     data: DataOpt,
     blocks_local: Annotated[int, typer.Option("--blocks-local", min=2,
                                               help="N_l: local blocks")] = 4,
@@ -186,9 +188,8 @@ def link_entries(artifacts: list[LinkArtifact]) -> dict[str, dict[str, object]]:
 
 @app.command("code-train")
 def code_train_command(
-    local: Annotated[str, typer.Option("--local", help="Local model (torchvision:NAME or "
-                                       "digits-cnn:ROLE)")],
-    host: Annotated[str, typer.Option("--host", help="Host model (as --local)")],
+    local: LocalOpt,
+    host: HostOpt,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Directory for the link ONNX files")],
     path: Annotated[str | None, typer.Option(
