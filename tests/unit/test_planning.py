@@ -150,6 +150,7 @@ def test_algorithm_equals_brute_force(problem: Problem, algorithm: str, objectiv
                                                    rel=1e-9, abs=1e-9)
     assert result.best.latency_ms == pytest.approx(mine.latency_ms)
     assert result.best.energy_mj == pytest.approx(mine.energy_mj)
+    assert result.best.throughput_rps == pytest.approx(mine.throughput_rps)
     if problem.has_energy:
         front = non_dominated([(e.latency_ms, e.energy_mj) for _, e in plans])
         assert rounded((c.latency_ms, c.energy_mj) for c in result.pareto) == rounded(front)
@@ -157,6 +158,21 @@ def test_algorithm_equals_brute_force(problem: Problem, algorithm: str, objectiv
             assert evaluate(problem, list(candidate.stages)).feasible
     else:
         assert result.pareto == ()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=problems(max_segments=7, max_tiers=3))
+def test_pipeline_equals_brute_force_when_plans_come_back_to_a_tier(problem: Problem) -> None:
+    """Longer models, where the best plans often revisit a tier or reuse a link."""
+    plans = all_plans(problem, "chain")
+    if not plans:
+        return
+    result = solve(problem, "throughput", "pipeline")
+    mine = evaluate(problem, list(result.best.stages))
+    assert mine.feasible, mine.violations
+    assert mine.throughput_rps == pytest.approx(max(e.throughput_rps for _, e in plans),
+                                                rel=1e-9)
+    assert result.best.throughput_rps == pytest.approx(mine.throughput_rps)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -218,6 +234,56 @@ def test_evaluate_follows_the_contract_formulas() -> None:
     # input 2000 B at 8 Mbps = 2 ms + 1.5; compute 3 ms / 2 replicas = 1.5 ms per request
     assert everything_remote.latency_ms == pytest.approx(3.5 + 3 + 0.625)
     assert everything_remote.throughput_rps == pytest.approx(1000 / 2)
+
+
+def revisiting_problem(jetson_ms: list[float], jetson_replicas: int,
+                       v100_replicas: int) -> Problem:
+    """jetson (source and sink) and v100, 8 Mbps both ways: 1000 B take 1 ms."""
+    link = {"bandwidth_mbps": 8, "latency_ms": 0.5}
+    return parse_problem({
+        "segments": [{"name": "a", "output_bytes": 1000, "params_bytes": 0},
+                     {"name": "b", "output_bytes": 1000, "params_bytes": 0},
+                     {"name": "c", "output_bytes": 500, "params_bytes": 0}],
+        "input_bytes": 2000,
+        "tiers": [{"name": "jetson", "latency_ms": jetson_ms, "replicas": jetson_replicas},
+                  {"name": "v100", "latency_ms": [3, 1, 3], "replicas": v100_replicas}],
+        "links": [{"from": "jetson", "to": "v100", **link},
+                  {"from": "v100", "to": "jetson", **link}],
+        "source": "jetson"})
+
+
+def test_stages_on_one_tier_share_it_and_transfers_on_one_link_share_it() -> None:
+    problem = revisiting_problem([3, 2, 3], jetson_replicas=2, v100_replicas=4)
+    there_and_back = evaluate(problem, [Stage("jetson", 0, 0), Stage("v100", 1, 1),
+                                        Stage("jetson", 2, 2)])
+    # jetson runs a and c: (3 + 3) ms / 2 replicas = 3 ms per request (each stage alone: 1.5)
+    assert there_and_back.throughput_rps == pytest.approx(1000 / 3)
+    assert there_and_back.latency_ms == pytest.approx(3 + 1.5 + 1 + 1.5 + 3)
+    back_and_there = evaluate(problem, [Stage("v100", 0, 0), Stage("jetson", 1, 1),
+                                        Stage("v100", 2, 2)])
+    # v100: 6 ms / 4 = 1.5; jetson: 2 / 2 = 1; link jetson -> v100 carries the input (2000 B,
+    # 2 ms) and b's output (1 ms): 3 ms per request; v100 -> jetson: 1 + 0.5 ms
+    assert back_and_there.throughput_rps == pytest.approx(1000 / 3)
+
+
+def test_pipeline_does_not_overrate_a_plan_that_comes_back() -> None:
+    problem = revisiting_problem([3, 10, 3], jetson_replicas=1, v100_replicas=1)
+    # jetson -> v100 -> jetson looks like 3 ms per stage, but jetson runs 3 + 3 = 6 ms per
+    # request; one cut (jetson a, v100 b c) needs 4 ms on v100
+    result = solve(problem, "throughput", "pipeline")
+    assert result.best.throughput_rps == pytest.approx(1000 / 4)
+    assert len(result.best.stages) == 2
+    assert evaluate(problem, list(result.best.stages)).throughput_rps == pytest.approx(1000 / 4)
+
+
+def test_latency_plans_report_the_shared_bottleneck() -> None:
+    """Latency runs do not carry the loads; the throughput they report must still count a
+    tier's stages together."""
+    problem = revisiting_problem([3, 10, 0.1], jetson_replicas=1, v100_replicas=1)
+    best = solve(problem, "latency", "chain").best
+    assert list(best.stages) == [Stage("jetson", 0, 0), Stage("v100", 1, 1),
+                                 Stage("jetson", 2, 2)]
+    assert best.throughput_rps == pytest.approx(1000 / 3.1)  # jetson: 3 + 0.1 ms
 
 
 def test_missing_link_is_not_connected_and_links_are_directed() -> None:

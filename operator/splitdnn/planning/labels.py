@@ -6,14 +6,22 @@ tier. ``chain`` is the complete graph over the tiers; Neurosurgeon's one cut and
 RoaD-RuNNer's local → remote → local are smaller graphs over the same engine.
 
 At each (segment, node) the engine keeps the *labels* — vectors of latency, energy, stages,
-bottleneck, open-stage compute and memory used on each memory-bounded tier — of partial
-plans that no other partial plan dominates in the columns that matter for the question
-asked. Every column only grows along a plan (or, for the open stage, grows until it is
-closed), so a dominated label can never lead to a better plan and dropping it is exact;
-labels over a bound are dropped too, and so are those that would exceed the latency or
-energy bound even if the rest of the model cost the least any plan could add. With one
-column this is the classic shortest-path DP over (segment boundary × tier); with two it
-keeps an exact Pareto front.
+bottleneck so far, the load put on each tier (compute ms, all its stages together) and on
+each directed link (serialisation ms, all its transfers together), and memory used on each
+memory-bounded tier — of partial plans that no other partial plan dominates in the columns
+that matter for the question asked. Every column only grows along a plan, so a dominated
+label can never lead to a better plan and dropping it is exact; labels over a bound are
+dropped too, and so are those that would exceed the latency or energy bound even if the
+rest of the model cost the least any plan could add. With one column this is the classic
+shortest-path DP over (segment boundary × tier); with two it keeps an exact Pareto front.
+
+The loads matter for the bottleneck because a plan may come back to a tier (or send over a
+link again): the pipeline's bottleneck is the most loaded tier (per replica) or link, not
+the slowest stage. When the bottleneck is compared (or bounded), the loads join the
+dominance, each *clipped to 0* once it can no longer decide anything: when even the most
+the rest of the model could add to it (every later segment on that tier, every later
+tensor over that link) stays within the label's bottleneck so far (or the bound). Only
+loads that could still become the bottleneck tell labels apart.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ import numpy as np
 from splitdnn.planning.plan import TOLERANCE
 from splitdnn.planning.problem import Problem, ProblemArrays
 
-LAT, EN, STAGES, CLOSED, OPEN = 0, 1, 2, 3, 4
-FIXED_COLUMNS = 5
+# CLOSED: the bottleneck so far (most loaded tier per replica or link); OPEN: compute of the
+# open stage; STAGE_MAX: the slowest single stage or transfer so far, the bottleneck of the
+# relaxation that ignores revisits (a lower bound on CLOSED).
+LAT, EN, STAGES, CLOSED, OPEN, STAGE_MAX = 0, 1, 2, 3, 4, 5
+FIXED_COLUMNS = 6
 
 
 @dataclass(frozen=True)
@@ -41,13 +52,22 @@ class Family:
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """Columns compared for dominance, and upper bounds (``inf`` when unbounded)."""
+    """Columns compared for dominance, and upper bounds (``inf`` when unbounded).
+
+    The memory columns always join the dominance; the (clipped) loads join it when
+    ``CLOSED`` is compared or ``max_bottleneck`` is finite. ``min_bottleneck`` is a lower
+    bound on the best bottleneck: below it every bottleneck counts the same. With
+    ``exact_loads`` off, only the current tier's load is compared: a quick heuristic whose
+    plans (and their bottlenecks) are real but not always the best.
+    """
 
     dominance: tuple[int, ...]
     max_latency: float = np.inf
     max_energy: float = np.inf
     max_stages: float = np.inf
     max_bottleneck: float = np.inf
+    min_bottleneck: float = 0.0
+    exact_loads: bool = True
     memory_tiers: tuple[int, ...] = ()
     memory_caps: tuple[float, ...] = ()
 
@@ -188,6 +208,34 @@ def _least_to_go(arrays: ProblemArrays, compute: np.ndarray, fixed: np.ndarray,
     return to_go
 
 
+def _load_to_go(arrays: ProblemArrays, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """``[i, k]``: the most any plan can still add to load ``k`` (tiers per replica, then
+    links) after segment ``i``: every later segment on that tier, every later tensor (the
+    result included) over that link."""
+    later = np.cumsum(arrays.compute_ms[:, ::-1], axis=1)[:, ::-1]
+    tiers = np.concatenate([later[:, 1:], np.zeros((arrays.tiers, 1))], axis=1)
+    tensors = np.cumsum(arrays.output_bytes[::-1])[::-1]
+    links = [tensors * arrays.ms_per_byte[a, b] for a, b in pairs]
+    return np.column_stack([*(tiers / arrays.replicas[:, None]), *links])
+
+
+def plan_bottleneck_ms(arrays: ProblemArrays, tiers: list[int]) -> float:
+    """The bottleneck of a complete plan given as its tier per segment: the most loaded tier
+    (compute of all its segments per replica) or directed link (all the tensors it carries,
+    without the link latency)."""
+    on = np.asarray(tiers, dtype=int)
+    compute = arrays.compute_ms[on, np.arange(on.size)]
+    tier_load = np.bincount(on, weights=compute, minlength=arrays.tiers) / arrays.replicas
+    path = np.concatenate([[arrays.source], on, [arrays.sink]])
+    src, dst = path[:-1], path[1:]
+    sizes = np.concatenate([[arrays.input_bytes], arrays.output_bytes])
+    moved = src != dst
+    serialise = sizes[moved] * arrays.ms_per_byte[src[moved], dst[moved]]
+    link_load = np.bincount(src[moved] * arrays.tiers + dst[moved], weights=serialise,
+                            minlength=arrays.tiers ** 2)
+    return float(max(tier_load.max(initial=0.0), link_load.max(initial=0.0)))
+
+
 def _slack(limit: float) -> float:
     return limit + TOLERANCE * max(1.0, abs(limit)) if np.isfinite(limit) else np.inf
 
@@ -199,8 +247,26 @@ class _Engine:
         self.a = arrays
         self.family = family
         self.spec = spec
-        self.columns = FIXED_COLUMNS + len(spec.memory_tiers)
-        self.memory_column = {tier: FIXED_COLUMNS + i for i, tier in enumerate(spec.memory_tiers)}
+        count = arrays.tiers
+        pairs = [(a, b) for a in range(count) for b in range(count)
+                 if a != b and arrays.connected[a, b]]
+        self.loads = slice(FIXED_COLUMNS, FIXED_COLUMNS + count + len(pairs))
+        self.link_column = np.full((count, count), -1, dtype=int)
+        for index, (a, b) in enumerate(pairs):
+            self.link_column[a, b] = FIXED_COLUMNS + count + index
+        self.load_scale = np.concatenate([arrays.replicas, np.ones(len(pairs))])
+        self.load_to_go = _load_to_go(arrays, pairs)
+        self.compare_loads = CLOSED in spec.dominance or bool(np.isfinite(spec.max_bottleneck))
+        # Latency and energy questions skip the loads: the candidates' throughput comes from
+        # plan_bottleneck_ms, and the narrower labels keep those runs as fast as before.
+        self.track_loads = self.compare_loads or STAGE_MAX in spec.dominance
+        if not self.track_loads:
+            self.loads = slice(FIXED_COLUMNS, FIXED_COLUMNS)
+        first_memory = self.loads.stop
+        self.columns = first_memory + len(spec.memory_tiers)
+        self.memory_column = {tier: first_memory + i for i, tier in enumerate(spec.memory_tiers)}
+        self.dominance = [*spec.dominance, *range(first_memory, self.columns)]
+        self.closed_key = spec.dominance.index(CLOSED) if CLOSED in spec.dominance else None
         self.node_tier_array = np.array(family.node_tiers, dtype=int)
         self.predecessors: list[list[int]] = [[] for _ in family.node_tiers]
         for src, dst in family.edges:
@@ -224,29 +290,59 @@ class _Engine:
         ok = np.all(labels <= self.caps, axis=1) & np.isfinite(labels[:, LAT])
         ok &= labels[:, LAT] + self.latency_to_go[segment, tier] <= self.caps[LAT]
         ok &= labels[:, EN] + self.energy_to_go[segment, tier] <= self.caps[EN]
-        ok &= labels[:, OPEN] / self.a.replicas[tier] <= self.caps[CLOSED]
         rows = np.flatnonzero(ok)
         if rows.size > 1:
-            rows = rows[pareto_rows(labels[rows][:, list(self.spec.dominance)])]
+            keys = labels[rows][:, self.dominance]
+            if self.compare_loads:
+                loads = self._deciding_loads(labels[rows], segment)
+                if not self.spec.exact_loads:
+                    loads = loads[:, [tier]]
+                keys = np.hstack([keys, loads])
+                if self.closed_key is not None:
+                    keys[:, self.closed_key] = np.maximum(keys[:, self.closed_key],
+                                                          self.spec.min_bottleneck)
+                keys = keys[:, np.ptp(keys, axis=0) > 0]  # equal columns tell no label apart
+            rows = rows[pareto_rows(keys)] if keys.shape[1] else rows[:1]
         return rows
+
+    def _deciding_loads(self, labels: np.ndarray, segment: int) -> np.ndarray:
+        """Loads per replica, 0 where even the most still to come stays within the label's
+        bottleneck so far (when compared) or the bound: such a load can decide nothing."""
+        loads = labels[:, self.loads] / self.load_scale
+        if CLOSED in self.spec.dominance:
+            within = np.maximum(labels[:, CLOSED], self.spec.min_bottleneck)
+        else:
+            within = np.full(labels.shape[0], self.caps[CLOSED])
+        loads[loads + self.load_to_go[segment] <= within[:, None]] = 0.0
+        return loads
 
     def _add_segment(self, labels: np.ndarray, tier: int, segment: int) -> None:
         labels[:, LAT] += self.a.compute_ms[tier, segment]
         labels[:, EN] += self.a.compute_mj[tier, segment]
         labels[:, OPEN] += self.a.compute_ms[tier, segment]
+        if self.track_loads:
+            load = FIXED_COLUMNS + tier
+            labels[:, load] += self.a.compute_ms[tier, segment]
+            labels[:, CLOSED] = np.maximum(labels[:, CLOSED],
+                                           labels[:, load] / self.a.replicas[tier])
+            labels[:, STAGE_MAX] = np.maximum(labels[:, STAGE_MAX],
+                                              labels[:, OPEN] / self.a.replicas[tier])
         column = self.memory_column.get(tier)
         if column is not None:
             labels[:, column] += self.a.params_bytes[segment]
 
-    def _cross(self, labels: np.ndarray, src: int, dst: int, size: float) -> None:
-        """Close the open stage on ``src`` and send ``size`` bytes to ``dst``."""
+    def _send(self, labels: np.ndarray, src: int, dst: int, size: float) -> None:
+        """Close the stage on ``src`` and send ``size`` bytes to a different, connected
+        ``dst``."""
         serialise = size * self.a.ms_per_byte[src, dst]
         labels[:, LAT] += self.a.link_ms[src, dst] + serialise
         labels[:, EN] += size * self.a.mj_per_byte[src, dst]
-        labels[:, CLOSED] = np.maximum(labels[:, CLOSED],
-                                       np.maximum(labels[:, OPEN] / self.a.replicas[src],
-                                                  serialise))
         labels[:, OPEN] = 0.0
+        if self.track_loads:
+            load = self.link_column[src, dst]
+            labels[:, load] += serialise
+            labels[:, CLOSED] = np.maximum(labels[:, CLOSED], labels[:, load])
+            labels[:, STAGE_MAX] = np.maximum(labels[:, STAGE_MAX], serialise)
 
     def run(self) -> Finals:
         nodes = self.family.node_tiers
@@ -262,7 +358,7 @@ class _Engine:
             label = np.zeros((1, self.columns))
             label[:, STAGES] = 1
             if tier != self.a.source:
-                self._cross(label, self.a.source, tier, self.a.input_bytes)
+                self._send(label, self.a.source, tier, self.a.input_bytes)
             self._add_segment(label, tier, 0)
             rows = self._keep(label, tier, 0)
             current.append(label[rows])
@@ -289,25 +385,31 @@ class _Engine:
             from_node = np.repeat(sources, counts)
             from_row = np.concatenate([np.arange(count) for count in counts])
             if sources != [node]:
-                self._cross_rows(labels, from_node != node, self.node_tier_array[from_node],
-                                 tier, size)
+                self._send_rows(labels, from_node != node, self.node_tier_array[from_node],
+                                tier, size)
             self._add_segment(labels, tier, segment)
             rows = self._keep(labels, tier, segment)
             following.append(labels[rows])
             step_parents.append((from_node[rows], from_row[rows]))
         return following, step_parents
 
-    def _cross_rows(self, labels: np.ndarray, moved: np.ndarray, src_tiers: np.ndarray,
-                    dst: int, size: float) -> None:
-        """``_cross`` for the ``moved`` rows (each from its own tier; same-tier costs are 0)."""
-        serialise = size * self.a.ms_per_byte[src_tiers, dst]
-        labels[:, LAT] += self.a.link_ms[src_tiers, dst] + serialise
-        labels[:, EN] += size * self.a.mj_per_byte[src_tiers, dst]
-        closed = np.maximum(labels[:, CLOSED],
-                            np.maximum(labels[:, OPEN] / self.a.replicas[src_tiers], serialise))
-        labels[:, CLOSED] = np.where(moved, closed, labels[:, CLOSED])
-        labels[:, OPEN] = np.where(moved, 0.0, labels[:, OPEN])
-        labels[:, STAGES] += moved
+    def _send_rows(self, labels: np.ndarray, moved: np.ndarray, src_tiers: np.ndarray,
+                   dst: int, size: float) -> None:
+        """``_send`` for the ``moved`` rows, each from its own tier; they start a new stage."""
+        rows = np.flatnonzero(moved)
+        part = labels[rows]  # one gather and one scatter: cheaper than indexing per column
+        src = src_tiers[rows]
+        serialise = size * self.a.ms_per_byte[src, dst]
+        part[:, LAT] += self.a.link_ms[src, dst] + serialise
+        part[:, EN] += size * self.a.mj_per_byte[src, dst]
+        part[:, OPEN] = 0.0
+        if self.track_loads:
+            each, load = np.arange(rows.size), self.link_column[src, dst]
+            part[each, load] += serialise
+            np.maximum(part[:, CLOSED], part[each, load], out=part[:, CLOSED])
+            np.maximum(part[:, STAGE_MAX], serialise, out=part[:, STAGE_MAX])
+        part[:, STAGES] += 1
+        labels[rows] = part
 
     def _finish(self, current: list[np.ndarray], parents: list[list[tuple[np.ndarray,
                                                                              np.ndarray]]]
@@ -319,11 +421,7 @@ class _Engine:
                 continue
             labels = current[node].copy()
             if tier != self.a.sink:
-                self._cross(labels, tier, self.a.sink, size)
-            else:
-                labels[:, CLOSED] = np.maximum(labels[:, CLOSED],
-                                               labels[:, OPEN] / self.a.replicas[tier])
-                labels[:, OPEN] = 0.0
+                self._send(labels, tier, self.a.sink, size)
             ok = np.flatnonzero(np.all(labels <= self.caps, axis=1))
             blocks.append(labels[ok])
             end_nodes.append(np.full(ok.size, node))

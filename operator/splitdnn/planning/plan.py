@@ -113,7 +113,7 @@ def evaluate(problem: Problem, stages: list[Stage], exit_index: int | None = Non
 
     send("input", problem.source, stages[0].tier, problem.input_bytes)
     latency = energy = 0.0
-    bottleneck = 0.0
+    tier_load: dict[str, float] = {}
     memory: dict[str, int] = {}
     for index, stage in enumerate(stages):
         tier = tiers[stage.tier]
@@ -126,17 +126,22 @@ def evaluate(problem: Problem, stages: list[Stage], exit_index: int | None = Non
         latency += compute
         if tier.energy_mj is not None:
             energy += sum(tier.energy_mj[s] for s in range(stage.first, stage.last + 1))
-        bottleneck = max(bottleneck, compute / tier.replicas)
+        tier_load[stage.tier] = tier_load.get(stage.tier, 0.0) + compute
         memory[stage.tier] = memory.get(stage.tier, 0) + sum(
             problem.segments[s].params_bytes for s in range(stage.first, stage.last + 1))
         if index + 1 < len(stages):
             send(f"output of segment {stage.last}", stage.tier, stages[index + 1].tier,
                  problem.segments[stage.last].output_bytes)
     send("result", stages[-1].tier, problem.sink_tier, result_bytes)
+    link_load: dict[tuple[str, str], float] = {}
     for transfer in transfers:
         latency += transfer.ms
         energy += transfer.mj
-        bottleneck = max(bottleneck, transfer.serialise_ms)
+        link = (transfer.src, transfer.dst)
+        link_load[link] = link_load.get(link, 0.0) + transfer.serialise_ms
+    # Stages on the same tier share its replicas, transfers over the same link its bandwidth.
+    bottleneck = max([load / tiers[name].replicas for name, load in tier_load.items()]
+                     + list(link_load.values()))
     violations.extend(_constraint_violations(problem, stages, latency, energy, memory))
     return Evaluation(latency, energy, 1000 / bottleneck if bottleneck > 0 else math.inf,
                       memory, tuple(transfers), tuple(violations))
