@@ -39,7 +39,7 @@ def test_example_keeps_its_camera_selector_and_gets_the_stated_overrides() -> No
     service = adapt_example(copy.deepcopy(EXAMPLE), set(node_labels()), said.append)
     spec = service["spec"]
     assert spec["source"]["nodeSelector"] == {"kubernetes.io/hostname": "camera-board-1"}
-    assert spec["objective"] == {"kind": "throughput", "maxStages": 2}
+    assert spec["objective"] == {"kind": "throughput", "maxStages": 3}
     assert spec["slo"] == {"latencyMs": 250}
     assert service["metadata"]["namespace"] == "default"
     assert len(said) == len(DEMO_OVERRIDES)
