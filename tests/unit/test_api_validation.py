@@ -97,12 +97,18 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.runtime.resources.requests.memory", "should match"),
     ("dnnservice", {"spec.replan.mode": "Sometimes"}, "spec.replan.mode", "Unsupported value"),
     ("dnnservice", {"spec.exits": [
-        {"afterLayer": 38, "threshold": 0.8, "head": {"source": "pvc://m/exit1.onnx"}},
-        {"afterLayer": 38, "threshold": 0.9, "head": {"source": "pvc://m/exit2.onnx"}}]},
+        {"afterLayer": 38, "threshold": 0.8, "accuracy": 0.6,
+         "head": {"source": "pvc://m/exit1.onnx"}},
+        {"afterLayer": 38, "threshold": 0.9, "accuracy": 0.7,
+         "head": {"source": "pvc://m/exit2.onnx"}}]},
      "spec.exits[1]", "Duplicate value"),
     ("dnnservice", {"spec.exits": [
-        {"afterLayer": 38, "threshold": 0.8, "head": {"source": "https://m.example/e.onnx"}}]},
+        {"afterLayer": 38, "threshold": 0.8, "accuracy": 0.6,
+         "head": {"source": "https://m.example/e.onnx"}}]},
      "spec.exits[0].head.sha256", "sha256 is required"),
+    ("dnnservice", {"spec.exits": [
+        {"afterLayer": 38, "threshold": 0.8, "head": {"source": "pvc://m/exit1.onnx"}}]},
+     "spec.exits", "every exit needs its accuracy, or spec.validation"),
     ("splitplan", {"spec.stages.1.layers": [75, 39]}, "spec.stages[1].layers", "first <= last"),
     ("splitplan", {"spec.stages.1.layers": [40, 75]}, "spec.stages", "right after"),
     ("splitplan", {"spec.stages.1.layers": [30, 75]}, "spec.stages", "right after"),

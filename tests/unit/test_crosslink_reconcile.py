@@ -80,6 +80,11 @@ class StoreKube:
 
 @pytest.fixture
 def kube() -> StoreKube:
+    return new_store_kube()
+
+
+def new_store_kube() -> StoreKube:
+    """An empty store with the CRDs and the namespace ``edge``."""
     store = Store()
     crd_type = store.type_for("apiextensions.k8s.io", "v1", "customresourcedefinitions")
     for file in sorted(CRDS.glob("*.yaml")):

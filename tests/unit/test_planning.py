@@ -76,7 +76,9 @@ def problems(draw: st.DrawFn, max_segments: int = 5, max_tiers: int = 3,
                           "output_bytes": draw(st.integers(0, 100))}
                          for _ in range(draw(st.integers(1, 3)))]
         if draw(st.booleans()):
-            data["final_accuracy"] = 0.8
+            data["final_accuracy"] = draw(st.sampled_from([0.55, 0.8]))
+        if draw(st.booleans()):
+            constraints["min_accuracy"] = draw(st.sampled_from([0.55, 0.65, 0.9]))
     return parse_problem(data)
 
 

@@ -226,6 +226,16 @@ def test_early_exit_taken_or_not(tmp_path: Path, scale: float, taken: bool) -> N
         context.destroy(linger=0)
 
 
+def test_last_stage_with_an_exit_head_always_answers_from_the_head(tmp_path: Path) -> None:
+    """A plan that ends at an exit: an unconfident result is still the head's, not the
+    block's features."""
+    head = exit_head(tmp_path / "head.onnx", 0.0)  # uniform logits: below any threshold
+    for h in start_worker(tmp_path, exit_head=head, exit_threshold=0.9, exit_index=1):
+        h.send(np.ones((1, 4), np.float32), "last")
+        reply = h.receive()
+        assert reply.exit == 1 and reply.tensors[0].shape == (1, 3)
+
+
 def test_wrong_shape_gets_an_error_reply_and_worker_keeps_serving(harness: Harness) -> None:
     harness.send(np.ones((1, 5), np.float32), "bad")
     reply = harness.receive()

@@ -298,6 +298,23 @@ class ArtifactRef(ApiModel):
     )
 
 
+class DatasetRef(ApiModel):
+    """A labelled dataset: ``sklearn:NAME`` or a NumPy ``.npz`` file (``x``, ``y`` and
+    optionally ``x_test``, ``y_test``) on a claim or at an https URL."""
+
+    model_config = validated_by(SHA256_FOR_HTTPS)
+
+    source: str = Field(
+        max_length=2048,
+        pattern=rf"^(sklearn:[a-z_]+|{PVC_URI}|https://.+)$",
+        description="sklearn:NAME (a dataset shipped with scikit-learn, e.g. sklearn:digits), "
+                    "pvc://CLAIM/PATH or https://URL.",
+    )
+    sha256: Sha256 | None = Field(
+        default=None, description="Hex SHA-256 of the file; required for https:// sources."
+    )
+
+
 def nested(model: type[ApiModel], description: str) -> Any:
     """A field holding a sub-object whose own fields all have defaults.
 

@@ -15,14 +15,12 @@ from typing import Literal
 from pydantic import Field
 
 from splitdnn.api.common import (
-    PVC_URI,
-    SHA256_FOR_HTTPS,
     ApiModel,
+    DatasetRef,
     DnsLabel,
     NonNegative,
     Resource,
     ResourceStatus,
-    Sha256,
     cel,
     nested,
     validated_by,
@@ -71,22 +69,6 @@ class SearchSpec(ApiModel):
     epsilon: float = Field(default=0.0, ge=0, description="Least reward improvement that counts.")
     exhaustive: bool = Field(
         default=False, description="Train every path instead (ground truth; slow)."
-    )
-
-
-class DatasetRef(ApiModel):
-    """Training data for the links: the local model's task."""
-
-    model_config = validated_by(SHA256_FOR_HTTPS)
-
-    source: str = Field(
-        max_length=2048,
-        pattern=rf"^(sklearn:[a-z_]+|{PVC_URI}|https://.+)$",
-        description="sklearn:NAME (a dataset shipped with scikit-learn, e.g. sklearn:digits), "
-                    "pvc://CLAIM/PATH or https://URL.",
-    )
-    sha256: Sha256 | None = Field(
-        default=None, description="Hex SHA-256 of the file; required for https:// sources."
     )
 
 

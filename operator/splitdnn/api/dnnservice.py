@@ -17,6 +17,7 @@ from splitdnn.api.common import (
     PVC_URI,
     ApiModel,
     ArtifactRef,
+    DatasetRef,
     DnsLabel,
     LabelMap,
     ListMap,
@@ -142,13 +143,34 @@ class ExitSpec(ApiModel):
         description="Layer index (as `splitdnn inspect` numbers layers) after which the head "
                     "runs; it must end a segment (a cut point).",
     )
-    head: ArtifactRef = Field(description="The exit head as an ONNX file.")
+    head: ArtifactRef = Field(
+        description="The exit head as an ONNX file: it reads the activation after "
+                    "afterLayer and returns the result (e.g. class logits); "
+                    "`splitdnn exit-head` writes a shape-correct one to train."
+    )
     threshold: float = Field(
-        gt=0, le=1, description="Top softmax probability at which the exit is taken."
+        gt=0, le=1,
+        description="Top softmax probability at which a result leaves here while later "
+                    "stages follow (a pinned plan's mid-pipeline exit); the last stage of a "
+                    "plan that ends at this exit answers every request from the head.",
     )
     accuracy: float | None = Field(
         default=None, ge=0, le=1,
-        description="Accuracy of results leaving at this exit; measured when unset.",
+        description="Accuracy of results leaving at this exit; when unset, measured on "
+                    "spec.validation (which is then required).",
+    )
+
+
+class ValidationSpec(ApiModel):
+    """Labelled data the analysis measures the model's and its exits' accuracy on."""
+
+    data: DatasetRef = Field(
+        description="sklearn:digits (its test split of digits 0-4, as CrossLink uses it) or "
+                    "an .npz file of x and y (x_test and y_test when present), samples "
+                    "shaped as the model's input without the batch dimension."
+    )
+    samples: int = Field(
+        default=500, ge=1, le=100000, description="Most test samples to measure on."
     )
 
 
@@ -218,6 +240,9 @@ class DNNServiceSpec(ApiModel):
         cel("!has(self.tiers) || size(self.tiers) == 0 || !has(self.source.sink) || "
             "self.tiers.exists(t, t.name == self.source.sink)",
             "source.sink must name one of the tiers", ".source.sink"),
+        cel("!has(self.exits) || has(self.validation) || "
+            "self.exits.all(e, has(e.accuracy))",
+            "every exit needs its accuracy, or spec.validation to measure it on", ".exits"),
     )
 
     model: ModelSpec = Field(description="The model to split and serve.")
@@ -230,6 +255,10 @@ class DNNServiceSpec(ApiModel):
     slo: SloSpec | None = Field(default=None, description="Budgets the plan must meet.")
     exits: Annotated[list[ExitSpec], ListMap("afterLayer")] | None = Field(
         default=None, max_length=8, description="Early-exit heads the planner may use."
+    )
+    validation: ValidationSpec | None = Field(
+        default=None,
+        description="Labelled data to measure the model's and each exit's accuracy on.",
     )
     replan: ReplanSpec = nested(ReplanSpec, "Replanning policy.")
     runtime: RuntimeSpec = nested(RuntimeSpec, "Stage worker settings.")

@@ -55,7 +55,12 @@ class StageExit(ApiModel):
     """An early exit taken after this stage's last layer."""
 
     index: int = Field(ge=0, le=7, description="Index into the service's spec.exits.")
-    threshold: float = Field(gt=0, le=1, description="Confidence at which the exit is taken.")
+    threshold: float = Field(
+        gt=0, le=1, description="Confidence at which the exit is taken when later stages "
+                                "follow; the plan's last stage always answers from the head.")
+    head_sha256: Sha256 | None = Field(
+        default=None, description="Digest of the exit head's ONNX file; the init container "
+                                  "checks it.")
 
 
 class StageSpec(ApiModel):

@@ -7,6 +7,7 @@ Each module of this package registers the commands of one area on the shared ``a
 from __future__ import annotations
 
 from splitdnn.cli import (  # noqa: F401  (imported for their commands)
+    analysis,
     api,
     coordination,
     devcluster,

@@ -1,4 +1,4 @@
-"""``splitdnn inspect | split | verify | demo``: the model-graph commands."""
+"""``splitdnn inspect | split | exit-head | verify | demo``: the model-graph commands."""
 
 from __future__ import annotations
 
@@ -122,6 +122,32 @@ def split(
         print(json.dumps(manifest.data))
         return
     stdout.print(block_table(manifest, out))
+
+
+@app.command("exit-head")
+def exit_head(
+    model: ModelArg,
+    after_layer: Annotated[int, typer.Option("--after-layer", min=0,
+                                             help="The cut point the head attaches to")],
+    out: Annotated[Path, typer.Option("--out", help="The head's .onnx file")],
+    classes: Annotated[int | None, typer.Option(
+        "--classes", min=1, help="Outputs of the head (default: the model's last dimension)")]
+    = None,
+    input_shape: InputShapeOpt = None,
+    weights: WeightsOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights")] = 0,
+) -> None:
+    """Write a pooled linear early-exit head (random weights, to train) for a cut point; its
+    sha256 goes into a DNNService's spec.exits[].head."""
+    from splitdnn.graph.exits import exit_activation, write_pooled_head
+    from splitdnn.graph.sources import file_sha256
+
+    with user_errors():
+        graph = load_graph(model, input_shape, weights)
+        activation = exit_activation(graph, after_layer, "--after-layer")
+        write_pooled_head(activation, classes or graph.output.shape[-1], out, seed)
+    stdout.print(f"wrote {out}: reads {list(activation.shape)} after layer {after_layer}, "
+                 f"sha256 {file_sha256(out)}", highlight=False)
 
 
 def block_table(manifest: BlockManifest, out: Path) -> Table:

@@ -1,8 +1,7 @@
 """``splitdnn operator`` and the small commands the operator's pods run.
 
 - ``operator``: the kopf operator (flags as the Helm chart passes them).
-- ``model-facts``: the analysis Job's command: layers, segments, per-segment signatures
-  and features and the model digest as one JSON line.
+- ``model-facts`` (``splitdnn.cli.analysis``): the analysis Job's command.
 - ``block-digests``: the digest Job's command: the sha256 of the blocks a plan's stages run,
   so that the plan can state them and each stage's init container check them.
 - ``plan-gateway``: the gateway of a rolled-out plan: writes the split manifest from the
@@ -11,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -60,33 +58,6 @@ def operator(
     run_operator(namespaces=namespace or [], peering=peering, priority=priority,
                  liveness_port=liveness_port, watch_timeout=watch_timeout,
                  metrics_port=metrics_port)
-
-
-@app.command("model-facts")
-def model_facts(
-    model: Annotated[str, typer.Argument(help="torchvision:NAME, https://..., pvc://... or a "
-                                              "path to an .onnx file")],
-    input_shape: Annotated[str | None, typer.Option(
-        "--input-shape", help="Comma-separated input shape, e.g. 1,3,224,224")] = None,
-    sha256: Annotated[str | None, typer.Option("--sha256", help="The model file's sha256")]
-    = None,
-) -> None:
-    """Print one JSON line: inspect's analysis plus segment signatures and the model digest."""
-    from splitdnn.graph import GraphError, analyse_model
-    from splitdnn.profiling import model_signatures
-    from splitdnn.runtime.artifacts import ArtifactError, fetch_model
-
-    shape = tuple(parse_int_list(input_shape, "--input-shape")) if input_shape else None
-    try:
-        path, shape = fetch_model(model, sha256, shape)
-        graph = analyse_model(path, shape, source=model)
-    except (ArtifactError, GraphError) as error:
-        fail(str(error))
-    data = graph.to_dict()
-    data["signatures"] = [{"key": s.key, "features": s.features.to_dict()}
-                          for s in model_signatures(graph)]
-    data["model_digest"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    print(json.dumps(data))
 
 
 @app.command("block-digests")

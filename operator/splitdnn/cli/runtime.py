@@ -284,11 +284,22 @@ def fetch_block(
         "--block-sha256", help="The block's sha256 from the plan; a mismatch fails")] = None,
     input_shape: Annotated[str | None, typer.Option("--input-shape",
                                                     help="e.g. 1,3,224,224")] = None,
+    exit_head: Annotated[str | None, typer.Option(
+        "--exit-head", help="The stage's early-exit head (https://... or pvc://CLAIM/PATH), "
+                            "written as exit.onnx beside the block")] = None,
+    exit_sha256: Annotated[str | None, typer.Option(
+        "--exit-sha256", help="The exit head's sha256 (required for https); a mismatch "
+                              "fails")] = None,
 ) -> None:
     """Fetch a model and write one stage's block, checking digests (a stage pod's init step)."""
     from splitdnn.cli.common import parse_int_list
     from splitdnn.graph import GraphError
-    from splitdnn.runtime.artifacts import ArtifactError, extract_block, fetch_model
+    from splitdnn.runtime.artifacts import (
+        ArtifactError,
+        extract_block,
+        fetch_exit_head,
+        fetch_model,
+    )
 
     bounds = parse_int_list(layers, "--layers")
     if len(bounds) != 2 or bounds[0] > bounds[1] or bounds[0] < 0:
@@ -297,6 +308,8 @@ def fetch_block(
     try:
         path, shape = fetch_model(model, sha256, shape)
         block = extract_block(path, model, (bounds[0], bounds[1]), out, shape, block_sha256)
+        head = fetch_exit_head(exit_head, exit_sha256, out) if exit_head else None
     except (ArtifactError, GraphError) as error:
         fail(str(error))
-    stdout.print(f"wrote {block} (layers {bounds[0]}-{bounds[1]} of {model})", highlight=False)
+    stdout.print(f"wrote {block} (layers {bounds[0]}-{bounds[1]} of {model})"
+                 + (f" and the exit head {head}" if head else ""), highlight=False)

@@ -24,6 +24,7 @@ WORKDIR = "/work"
 PVC_ROOT = "/mnt/pvc"  # runtime.artifacts.DEFAULT_PVC_ROOT
 GATEWAY_MANIFEST_ENV = "SPLITDNN_GATEWAY_MANIFEST"
 BLOCK_DIR = "block"
+EXIT_HEAD_FILE = "exit.onnx"  # runtime.artifacts.EXIT_HEAD_FILE
 SWITCHED_AT_ANNOTATION = "splitdnn.io/switched-at"
 JOB_POD_FAILURE_POLICY = {"rules": [
     # exit code 2 is bad input (unknown model, bad shape): retrying cannot help
@@ -59,19 +60,26 @@ def model_args(model: Obj) -> list[str]:
     return ["--input-shape", ",".join(str(d) for d in shape)] if shape else []
 
 
-def with_model_claim(pod: Obj, model: Obj) -> Obj:
-    """For a ``pvc://CLAIM/PATH`` model, mount the claim read-only where
-    ``splitdnn.runtime.artifacts`` looks for it (``/mnt/pvc/CLAIM``) in every container."""
-    source = str(model.get("source", ""))
-    if not source.startswith("pvc://"):
-        return pod
-    claim = source.removeprefix("pvc://").split("/", 1)[0]
-    pod["volumes"] = [*pod.get("volumes", []), {
-        "name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
-    for item in [*pod.get("initContainers", []), *pod.get("containers", [])]:
-        item["volumeMounts"] = [*item.get("volumeMounts", []), {
-            "name": "model", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}]
+def with_model_claim(pod: Obj, model: Obj, others: list[Obj] | None = None) -> Obj:
+    """For a ``pvc://CLAIM/PATH`` model and ``others`` (exit heads, datasets: anything with
+    a ``source``), mount each claim once, read-only, where ``splitdnn.runtime.artifacts``
+    looks for it (``/mnt/pvc/CLAIM``) in every container."""
+    sources = [str(model.get("source", "")), *(str(other["source"]) for other in others or [])]
+    claims = dict.fromkeys(source.removeprefix("pvc://").split("/", 1)[0]
+                           for source in sources if source.startswith("pvc://"))
+    for number, claim in enumerate(claims):
+        volume = "model" if number == 0 else f"model-{number}"
+        pod["volumes"] = [*pod.get("volumes", []), {
+            "name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
+        for item in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            item["volumeMounts"] = [*item.get("volumeMounts", []), {
+                "name": volume, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}]
     return pod
+
+
+def exit_heads(service_spec: Obj) -> list[Obj]:
+    """The ``head`` artifact of each of the service's early exits."""
+    return [exit_["head"] for exit_ in service_spec.get("exits") or []]
 
 
 def container(name: str, image: str, args: list[str], **extra: Any) -> Obj:
@@ -104,18 +112,52 @@ def analysis_key(model: Obj) -> str:
                   model.get("dtype"))
 
 
+def exits_json(service_spec: Obj) -> str | None:
+    """What the analysis reads of the service's exits (layer and head), as JSON."""
+    exits = [{"afterLayer": e["afterLayer"], "head": e["head"]}
+             for e in service_spec.get("exits") or []]
+    return json.dumps(exits, sort_keys=True, separators=(",", ":")) if exits else None
+
+
+def service_analysis_key(service_spec: Obj) -> str:
+    """The analysis of a service: its model's, and its exit heads' and validation data's
+    when it has them."""
+    key = analysis_key(service_spec["model"])
+    exits, validation = exits_json(service_spec), service_spec.get("validation")
+    if exits is None and not validation:
+        return key
+    return digest(key, exits, validation)
+
+
+def validation_args(service_spec: Obj) -> list[str]:
+    """``model-facts`` options measuring accuracy on the service's validation data."""
+    validation = service_spec.get("validation")
+    if not validation:
+        return []
+    data = validation["data"]
+    args = ["--validation-data", data["source"],
+            "--validation-samples", str(validation.get("samples", 500))]
+    return args + (["--validation-sha256", data["sha256"]] if data.get("sha256") else [])
+
+
 def build_analysis_job(service: Obj, image: str) -> Obj:
-    """``splitdnn model-facts``: layers, segments, signatures and the model digest as JSON."""
-    model = service["spec"]["model"]
-    key = analysis_key(model)
+    """``splitdnn model-facts``: layers, segments, signatures and the model digest as JSON
+    (and the facts of each exit head)."""
+    spec = service["spec"]
+    model = spec["model"]
     meta = service["metadata"]
     args = ["model-facts", model["source"], *model_args(model)]
     if model.get("sha256"):
         args += ["--sha256", model["sha256"]]
-    built = job(f"{meta['name'][:40]}-analyse-{key}", meta["namespace"],
+    exits = exits_json(spec)
+    if exits:
+        args += ["--exits", exits]
+    args += validation_args(spec)
+    built = job(f"{meta['name'][:40]}-analyse-{service_analysis_key(spec)}", meta["namespace"],
                 {"splitdnn.io/service": meta["name"], "splitdnn.io/job": "analyse"},
                 image, args)
-    with_model_claim(built["spec"]["template"]["spec"], model)
+    data = [spec["validation"]["data"]] if spec.get("validation") else []
+    with_model_claim(built["spec"]["template"]["spec"], model, [*exit_heads(spec), *data])
     return built
 
 
@@ -204,6 +246,7 @@ def stage_revision(service_spec: Obj, stage: Obj) -> str:
     return digest(service_spec["model"], stage["layers"], stage["tier"],
                   stage.get("nodeSelector"), stage.get("blockSha256"), stage.get("exit"),
                   runtime.get("image"), runtime.get("threads"), runtime.get("batching"),
+                  *([stage_exit_head(stage, service_spec)] if stage.get("exit") else []),
                   length=6)
 
 
@@ -233,10 +276,15 @@ def worker_args(stage: Obj, next_host: str | None, service_spec: Obj,
         args += ["--next", f"dns+tcp://{next_host}:{config.worker_port}"]
     if runtime.get("threads"):
         args += ["--threads", str(runtime["threads"])]
+    exit_ = stage.get("exit")
+    if exit_:
+        args += ["--exit-head", f"{BLOCK_DIR}/{EXIT_HEAD_FILE}",
+                 "--exit-threshold", str(exit_["threshold"]), "--exit-index", str(exit_["index"])]
     return args
 
 
-def fetch_args(stage: Obj, model: Obj) -> list[str]:
+def fetch_args(stage: Obj, service_spec: Obj) -> list[str]:
+    model = service_spec["model"]
     first, last = stage["layers"]
     args = ["fetch-block", "--model", model["source"], "--layers", f"{first},{last}",
             "--out", BLOCK_DIR]
@@ -247,7 +295,24 @@ def fetch_args(stage: Obj, model: Obj) -> list[str]:
     shape = model.get("inputShape")
     if shape:
         args += ["--input-shape", ",".join(str(d) for d in shape)]
+    head = stage_exit_head(stage, service_spec)
+    if head:
+        args += ["--exit-head", head["source"]]
+        if head.get("sha256"):
+            args += ["--exit-sha256", head["sha256"]]
     return args
+
+
+def stage_exit_head(stage: Obj, service_spec: Obj) -> Obj | None:
+    """The head artifact of the stage's early exit, with the plan's digest when it states
+    one (the service's ``sha256`` otherwise)."""
+    exit_ = stage.get("exit")
+    if not exit_:
+        return None
+    head = dict(exit_heads(service_spec)[exit_["index"]])
+    if exit_.get("headSha256"):
+        head["sha256"] = exit_["headSha256"]
+    return head
 
 
 def with_gpu_access(pod: Obj, config: OperatorConfig) -> Obj:
@@ -288,13 +353,13 @@ def build_stage_deployment(plan: Obj, stage: Obj, service_spec: Obj, revision: s
         "securityContext": pod_security(), "volumes": volumes,
         "terminationGracePeriodSeconds": 10,
         "nodeSelector": stage.get("nodeSelector") or {},
-        "initContainers": [container("fetch-block", image,
-                                     fetch_args(stage, service_spec["model"]))],
+        "initContainers": [container("fetch-block", image, fetch_args(stage, service_spec))],
         "containers": [worker],
     }
     if stage.get("tolerations"):
         pod["tolerations"] = stage["tolerations"]
-    with_model_claim(pod, service_spec["model"])
+    head = stage_exit_head(stage, service_spec)
+    with_model_claim(pod, service_spec["model"], [head] if head else [])
     if gpu:
         with_gpu_access(pod, config)
     return {

@@ -90,9 +90,6 @@ class Reconcile(StatusPass):
         unsupported = [("spec.model.weights", "weights are not fetched by the operator yet; "
                         "use random weights or an ONNX file")] if self.spec["model"].get(
                         "weights") else []
-        if self.spec.get("exits"):
-            unsupported.append(("spec.exits", "early exits are not rolled out by the operator "
-                                              "yet"))
         messages = [str(e) for e in errors] + [f"{path}: {text}" for path, text in unsupported]
         if messages:
             raise self.stall("InvalidSpec", "; ".join(messages))
@@ -124,14 +121,17 @@ class Reconcile(StatusPass):
 
     def analysis(self) -> Obj:
         model = self.spec["model"]
-        key = children.analysis_key(model)
+        key = children.service_analysis_key(self.spec)
         name = f"{self.name[:50]}-analysis"
         stored = self.kube.get("ConfigMap", self.namespace, name)
         if stored and stored["metadata"].get("labels", {}).get("splitdnn.io/analysis") == key:
             analysis: Obj = json.loads(stored["data"]["analysis.json"])
         else:
             image = (self.spec.get("runtime") or {}).get("image") or self.config.image_cpu
-            result = self.run_job(children.build_analysis_job(self.body, image), "analysis")
+            field = " or ".join(["spec.model.source"] + [f"spec.{name}" for name in (
+                "exits", "validation") if self.spec.get(name)])
+            result = self.run_job(children.build_analysis_job(self.body, image), "analysis",
+                                  field)
             if result is None:
                 self.step("ModelAnalyzed", None, "Analysing", "analysis job running")
                 raise self.wait("Analysing", f"analysing {model['source']} in a job")
@@ -142,8 +142,7 @@ class Reconcile(StatusPass):
                 {"analysis.json": json.dumps(analysis)}), self.body))
             kopf.info(self.event_target, reason="ModelAnalyzed",
                       message=f"{len(analysis['segments'])} segments")
-        self.step("ModelAnalyzed", True, "Analysed",
-                  f"{len(analysis['layers'])} layers, {len(analysis['segments'])} segments")
+        self.step("ModelAnalyzed", True, "Analysed", analysis_summary(analysis))
         self.status.update(segments=len(analysis["segments"]),
                            modelDigest=analysis.get("model_digest"))
         return analysis
@@ -349,8 +348,11 @@ class Reconcile(StatusPass):
         """Hysteresis for replans not caused by a spec change, while the current plan can
         still run (profiles, links or nodes changed): not within ``minIntervalSeconds`` of
         the last plan, and only for a plan ``minImprovementPercent`` better than the current
-        one under the new problem. A plan kept for good takes the new problem's hash."""
+        one under the new problem; a plan ending at another exit (another accuracy) is
+        written at once. A plan kept for good takes the new problem's hash."""
         policy = drift.Policy.from_spec(self.spec.get("replan"))
+        if plan_exit(current["spec"]["stages"]) != result.best.exit_index:
+            return False  # another accuracy: the best feasible one is planned at once
         age = time.time() - planned_at(current)
         if age < policy.min_interval_seconds:
             self.step("Planned", True, "Holding",
@@ -397,7 +399,7 @@ class Reconcile(StatusPass):
                    tiers: list[PlanTier], scale: dict[str, float], reason: str,
                    why: str = "") -> None:
         """Apply the owned SplitPlan for ``result``, each stage with its block's digest."""
-        spec = plan_spec(self.name, result, problem, analysis, tiers)
+        spec = plan_spec(self.name, result, problem, analysis, tiers, self.spec.get("exits"))
         digests = self.block_digests(analysis, [stage["layers"] for stage in spec["stages"]])
         for stage in spec["stages"]:
             stage["blockSha256"] = digests[range_key(stage["layers"])]
@@ -493,8 +495,9 @@ class Reconcile(StatusPass):
         best = result.best.figures()
         best_figure = float(best[f"{OBJECTIVE_FIGURES[objective]}"] or 0)
         scales = ", ".join(f"{cls} x{value:g}" for cls, value in new_scale.items())
-        if not drift.improves(objective, now_figure, best_figure,
-                              policy.min_improvement_percent):
+        same_exit = plan_exit(stages) == result.best.exit_index
+        if same_exit and not drift.improves(objective, now_figure, best_figure,
+                                            policy.min_improvement_percent):
             return False, (f"{decision.message}; kept the plan: with the measured costs "
                            f"({scales}) it has {objective} {now_figure:.4g}, the best plan "
                            f"{best_figure:.4g} (needs {policy.min_improvement_percent:g}% "
@@ -529,6 +532,20 @@ class Reconcile(StatusPass):
 
 OBJECTIVE_FIGURES = {"latency": "latency_ms", "energy": "energy_mj",
                      "throughput": "throughput_rps"}
+
+
+def analysis_summary(analysis: Obj) -> str:
+    """``122 layers, 51 segments, 2 exit heads; accuracy 0.71 (exits 0.52, 0.64) on 300
+    samples``: the ModelAnalyzed message."""
+    text = f"{len(analysis['layers'])} layers, {len(analysis['segments'])} segments"
+    if analysis.get("exits"):
+        text += f", {len(analysis['exits'])} exit heads"
+    accuracy = analysis.get("accuracy")
+    if accuracy:
+        exits = ", ".join(f"{value:.3g}" for value in accuracy["exits"])
+        text += (f"; accuracy {accuracy['model']:.3g}{f' (exits {exits})' if exits else ''}"
+                 f" on {accuracy['samples']} samples of {accuracy['source']}")
+    return text
 
 
 def problem_hash(problem: Problem) -> str:
@@ -584,6 +601,12 @@ def runnable(plan: Obj, tiers: list[PlanTier]) -> bool:
     return all(stage["tier"] in names for stage in plan["spec"]["stages"])
 
 
+def plan_exit(stages: list[Obj]) -> int | None:
+    """The early exit a plan ends at (None: the whole model)."""
+    exit_ = stages[-1].get("exit") if stages else None
+    return int(exit_["index"]) if exit_ else None
+
+
 def plan_figure(problem: Problem, analysis: Obj, stages: list[Obj], objective: str) -> float:
     """The objective's figure for a plan's stages under ``problem`` (inf when the plan does
     not fit the problem any more, e.g. its tier is gone)."""
@@ -592,8 +615,8 @@ def plan_figure(problem: Problem, analysis: Obj, stages: list[Obj], objective: s
     try:
         planned = [Stage(s["tier"], first_of[s["layers"][0]], last_of[s["layers"][1]])
                    for s in stages]
-        evaluation = evaluate(problem, planned)
-    except (KeyError, ValueError, PlanningError):  # evaluate's ValueError: unknown tier
+        evaluation = evaluate(problem, planned, plan_exit(stages))
+    except (KeyError, IndexError, ValueError, PlanningError):  # ValueError: unknown tier
         return float("inf")
     figure = {"latency": evaluation.latency_ms, "energy": evaluation.energy_mj,
               "throughput": evaluation.throughput_rps}[objective]

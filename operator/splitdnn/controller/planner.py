@@ -39,12 +39,22 @@ def input_bytes(analysis: Obj) -> int:
 
 def segment_costs(analysis: Obj, profiles: dict[str, Profile], classes: list[str]
                   ) -> dict[str, list[Obj]]:
-    """Each segment's cost on each class: measured where profiled, else predicted by CF."""
+    """Each segment's cost on each class (measured where profiled, else predicted by CF),
+    followed by each exit head's (the sum over its segments, predicted)."""
     signatures = analysis["signatures"]
-    features = {s["key"]: SegmentFeatures.from_dict(s["features"]) for s in signatures}
+    heads = [facts["signatures"] for facts in analysis.get("exits") or []]
+    features = {s["key"]: SegmentFeatures.from_dict(s["features"])
+                for s in [*signatures, *(s for head in heads for s in head)]}
     predictor = CostPredictor(profiles, features, seed=0)
+
+    def head_cost(cls: str, head: list[Obj]) -> Obj:
+        parts = [predictor.segment_cost(cls, s["key"]) for s in head]
+        energies = [part["energy_mj"] for part in parts]
+        return {"latency_ms": sum(part["latency_ms"] for part in parts),
+                "energy_mj": None if None in energies else sum(energies)}
+
     return {cls: [predictor.segment_cost(cls, s["key"]) for s in signatures]
-            for cls in classes}
+            + [head_cost(cls, head) for head in heads] for cls in classes}
 
 
 Link = tuple[float, float]  # (bandwidth Mbit/s, one-way latency ms)
@@ -76,9 +86,10 @@ def build_problem(analysis: Obj, tiers: list[PlanTier], costs: dict[str, list[Ob
     """
     segments = [{"name": f"s{s['index']}", "output_bytes": s["output_bytes"],
                  "params_bytes": s["params_bytes"]} for s in analysis["segments"]]
+    count = len(segments)
     problem_tiers = []
     for tier in tiers:
-        cost = costs[tier.hardware_class]
+        cost = costs[tier.hardware_class][:count]
         entry: Obj = {"name": tier.name, "latency_ms": [c["latency_ms"] for c in cost]}
         energies = [c["energy_mj"] for c in cost]
         if None not in energies:
@@ -98,12 +109,34 @@ def build_problem(analysis: Obj, tiers: list[PlanTier], costs: dict[str, list[Ob
     slo = spec.get("slo") or {}
     objective = spec.get("objective") or {}
     source = spec["source"]
-    return parse_problem({
+    problem: Obj = {
         "segments": segments, "input_bytes": input_bytes(analysis), "tiers": problem_tiers,
         "links": links, "source": source["tier"], "sink": source.get("sink"),
         "constraints": {"max_stages": objective.get("maxStages", 4),
-                        "latency_ms": slo.get("latencyMs"), "energy_mj": slo.get("energyMj")},
-    })
+                        "latency_ms": slo.get("latencyMs"), "energy_mj": slo.get("energyMj"),
+                        "min_accuracy": slo.get("minAccuracy")},
+    }
+    if analysis.get("exits"):
+        problem["exits"] = problem_exits(analysis, tiers, costs, spec)
+    if analysis.get("accuracy"):
+        problem["final_accuracy"] = analysis["accuracy"]["model"]
+    return parse_problem(problem)
+
+
+def problem_exits(analysis: Obj, tiers: list[PlanTier], costs: dict[str, list[Obj]],
+                  spec: Obj) -> list[Obj]:
+    """The service's exits as the planner sees them: the segment each follows, its accuracy
+    (as stated, else as measured), its head's latency on each tier (after the segments in
+    ``costs``) and the size of its result."""
+    count = len(analysis["segments"])
+    measured = (analysis.get("accuracy") or {}).get("exits") or [None] * len(analysis["exits"])
+    stated = [exit_spec.get("accuracy") for exit_spec in spec.get("exits") or []]
+    return [{"after_segment": facts["after_segment"],
+             "accuracy": measured[index] if stated[index] is None else stated[index],
+             "latency_ms": {t.name: costs[t.hardware_class][count + index]["latency_ms"]
+                            for t in tiers},
+             "output_bytes": facts["output_bytes"]}
+            for index, facts in enumerate(analysis["exits"])]
 
 
 def layer_range(analysis: Obj, first_segment: int, last_segment: int) -> list[int]:
@@ -135,8 +168,9 @@ def figures(candidate: Candidate, with_energy: bool) -> Obj:
 
 
 def plan_spec(service_name: str, result: PlanResult, problem: Problem, analysis: Obj,
-              tiers: list[PlanTier]) -> Obj:
-    """The SplitPlan spec for the planner's choice, with the other Pareto plans."""
+              tiers: list[PlanTier], exits: list[Obj] | None = None) -> Obj:
+    """The SplitPlan spec for the planner's choice, with the other Pareto plans; a plan
+    ending at an early exit (of the service's ``exits``) runs its head on the last stage."""
     by_name = {tier.name: tier for tier in tiers}
     with_energy = problem.has_energy
     alternatives = [
@@ -144,10 +178,18 @@ def plan_spec(service_name: str, result: PlanResult, problem: Problem, analysis:
                     for s in candidate.stages], **figures(candidate, with_energy)}
         for candidate in result.pareto if candidate.stages != result.best.stages
     ][:32]
-    spec: Obj = {"serviceRef": {"name": service_name},
-                 "stages": plan_stages(result.best, analysis, by_name),
-                 "predicted": figures(result.best, with_energy),
-                 "algorithm": result.algorithm}
+    stages = plan_stages(result.best, analysis, by_name)
+    predicted = figures(result.best, with_energy)
+    chosen = result.best.exit_index
+    if chosen is not None:
+        stages[-1]["exit"] = {"index": chosen, "threshold": (exits or [])[chosen]["threshold"],
+                              "headSha256": analysis["exits"][chosen]["sha256"]}
+    if result.best.accuracy is not None:
+        predicted["accuracy"] = result.best.accuracy
+        for alternative in alternatives:
+            alternative["accuracy"] = result.best.accuracy
+    spec: Obj = {"serviceRef": {"name": service_name}, "stages": stages,
+                 "predicted": predicted, "algorithm": result.algorithm}
     if alternatives:
         spec["alternatives"] = alternatives
     return spec

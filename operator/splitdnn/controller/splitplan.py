@@ -97,7 +97,7 @@ class PlanRollout:
         if analysis_cm is None:
             raise self.wait("WaitingForAnalysis", "the model analysis is not ready yet")
         analysis = json.loads(analysis_cm["data"]["analysis.json"])
-        self.check_layers(analysis)
+        self.check_layers(analysis, service["spec"].get("exits") or [])
         revisions = [children.stage_revision(service["spec"], s) for s in self.stages]
         names = [children.stage_object_name(self.name, s, r)
                  for s, r in zip(self.stages, revisions, strict=True)]
@@ -129,16 +129,30 @@ class PlanRollout:
         self.write(phase="Serving", stages=statuses,
                    measured={"latencyMs": round(measured, 3) if measured else None})
 
-    def check_layers(self, analysis: Obj) -> None:
+    def check_layers(self, analysis: Obj, exits: list[Obj]) -> None:
+        """Stages end at cut points, the last at the model's last layer or at its exit; an
+        exit is one of the service's, after the stage's last layer."""
         last = len(analysis["layers"]) - 1
         ends = {s["last_layer"] for s in analysis["segments"]}
         for index, stage in enumerate(self.stages):
             if stage["layers"][1] not in ends:
                 raise self.stall("InvalidStage", f"spec.stages[{index}].layers: layer "
                                                  f"{stage['layers'][1]} does not end a segment")
-        if self.stages[-1]["layers"][1] != last:
+            exit_ = stage.get("exit")
+            if exit_ is None:
+                continue
+            if exit_["index"] >= len(exits):
+                raise self.stall("InvalidStage", f"spec.stages[{index}].exit.index: the service "
+                                                 f"has {len(exits)} exits (spec.exits)")
+            if exits[exit_["index"]]["afterLayer"] != stage["layers"][1]:
+                raise self.stall("InvalidStage", f"spec.stages[{index}].exit.index: exit "
+                                 f"{exit_['index']} follows layer "
+                                 f"{exits[exit_['index']]['afterLayer']}, the stage ends at "
+                                 f"{stage['layers'][1]}")
+        final = self.stages[-1]
+        if final["layers"][1] != last and final.get("exit") is None:
             raise self.stall("InvalidStage", f"spec.stages[{len(self.stages) - 1}].layers: the "
-                                             f"last stage must end at layer {last}")
+                                             f"last stage must end at layer {last} or at an exit")
 
     def image(self, service: Obj, stage: Obj) -> tuple[str, bool]:
         """The stage's runtime image, and whether its nodes have a GPU."""

@@ -8,7 +8,9 @@ running the devcluster), and the config's ``images`` give an image's ENTRYPOINT 
 Exits are restarted per ``restartPolicy`` with a doubling back-off (CrashLoopBackOff).
 Volumes are not emulated, except configMap volumes mounted below the container's workingDir:
 their files are written at the same place below the pod's directory (where its containers
-run) before each start.
+run) before each start; and persistentVolumeClaims, which are directories ``pvc/CLAIM`` of
+the state dir that every pod can read, found through ``$SPLITDNN_PVC_ROOT`` (as the
+runtime finds a claim mounted at ``/mnt/pvc/CLAIM`` on a real cluster).
 HTTP, TCP and exec probes run as the kubelet runs them: startup gates the others, readiness decides
 Ready, liveness failures restart the container. stdout/stderr go to a log file per
 container that ``kubectl logs`` reads. Pod status (phase, conditions, podIP, container
@@ -38,6 +40,8 @@ from splitdnn.devcluster import isolation
 from splitdnn.devcluster.config import ClusterConfig, NodeSpec
 from splitdnn.devcluster.controllers import condition, pods, quantity, record_event, set_status
 from splitdnn.devcluster.store import Obj, Store, now_rfc3339
+
+PVC_DIR = "pvc"  # below the state dir: one directory per claim
 
 
 @dataclass
@@ -375,7 +379,10 @@ class Kubelet:
                "KUBERNETES_SERVICE_PORT": str(self.api_port), "PYTHONUNBUFFERED": "1",
                # no service-account token files here: in-cluster clients (kopf, the
                # kubernetes client) fall back to this kubeconfig
-               "KUBECONFIG": str(self.state_dir / "kubeconfig-pods")}
+               "KUBECONFIG": str(self.state_dir / "kubeconfig-pods"),
+               # persistentVolumeClaim volumes: claim C is the directory pvc/C of the state
+               # dir on every node; the runtime looks for claims there
+               "SPLITDNN_PVC_ROOT": str(self.state_dir / PVC_DIR)}
         for key in ("SPLITDNN_CACHE_DIR", "PYTHONPATH", "LANG"):
             if key in os.environ:
                 env[key] = os.environ[key]

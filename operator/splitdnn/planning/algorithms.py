@@ -196,11 +196,19 @@ def _near_dominates(better: np.ndarray, worse: np.ndarray) -> bool:
 
 
 def exit_settings(problem: Problem, algorithm: str) -> list[_Setting]:
-    """One setting per exit choice (the full model first)."""
+    """One setting per exit choice accurate enough (the full model first)."""
     arrays = problem_arrays(problem)
     exits: list[int | None] = [None, *range(len(problem.exits or []))]
     return [_Setting(problem, exit_arrays(problem, arrays, e), FAMILIES[algorithm](arrays), e)
-            for e in exits]
+            for e in exits if accurate_enough(problem, e)]
+
+
+def accurate_enough(problem: Problem, exit_index: int | None) -> bool:
+    """An exit (or the full model) meets ``constraints.min_accuracy``; an unstated accuracy
+    of the full model counts as meeting it."""
+    bound = problem.constraints.min_accuracy
+    accuracy = accuracy_of(problem, exit_index)
+    return bound is None or accuracy is None or accuracy >= bound
 
 
 def accuracy_of(problem: Problem, exit_index: int | None) -> float | None:
@@ -232,6 +240,11 @@ def solve(problem: Problem, objective: str = "latency", algorithm: str = "auto")
     algorithm = resolve_algorithm(algorithm, objective)
     best: tuple[tuple[float, ...], Candidate, _Setting, Finals] | None = None
     settings = exit_settings(problem, algorithm)
+    if not settings:
+        raise InfeasibleError("constraints.min_accuracy", (
+            f"constraints.min_accuracy: neither the full model (accuracy "
+            f"{problem.final_accuracy}) nor any early exit reaches "
+            f"{problem.constraints.min_accuracy}"))
     for setting in settings:
         finals = _optimise(setting, objective)
         if finals is None:

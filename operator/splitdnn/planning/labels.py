@@ -331,18 +331,18 @@ class _Engine:
         if column is not None:
             labels[:, column] += self.a.params_bytes[segment]
 
-    def _send(self, labels: np.ndarray, src: int, dst: int, size: float) -> None:
-        """Close the stage on ``src`` and send ``size`` bytes to a different, connected
-        ``dst``."""
+    def _send(self, labels: np.ndarray, src: int | np.ndarray, dst: int, size: float) -> None:
+        """Close the stage on ``src`` (one tier, or one per row) and send ``size`` bytes to a
+        different, connected ``dst``."""
         serialise = size * self.a.ms_per_byte[src, dst]
         labels[:, LAT] += self.a.link_ms[src, dst] + serialise
         labels[:, EN] += size * self.a.mj_per_byte[src, dst]
         labels[:, OPEN] = 0.0
         if self.track_loads:
-            load = self.link_column[src, dst]
-            labels[:, load] += serialise
-            labels[:, CLOSED] = np.maximum(labels[:, CLOSED], labels[:, load])
-            labels[:, STAGE_MAX] = np.maximum(labels[:, STAGE_MAX], serialise)
+            each, load = np.arange(labels.shape[0]), self.link_column[src, dst]
+            labels[each, load] += serialise
+            np.maximum(labels[:, CLOSED], labels[each, load], out=labels[:, CLOSED])
+            np.maximum(labels[:, STAGE_MAX], serialise, out=labels[:, STAGE_MAX])
 
     def run(self) -> Finals:
         nodes = self.family.node_tiers
@@ -398,16 +398,7 @@ class _Engine:
         """``_send`` for the ``moved`` rows, each from its own tier; they start a new stage."""
         rows = np.flatnonzero(moved)
         part = labels[rows]  # one gather and one scatter: cheaper than indexing per column
-        src = src_tiers[rows]
-        serialise = size * self.a.ms_per_byte[src, dst]
-        part[:, LAT] += self.a.link_ms[src, dst] + serialise
-        part[:, EN] += size * self.a.mj_per_byte[src, dst]
-        part[:, OPEN] = 0.0
-        if self.track_loads:
-            each, load = np.arange(rows.size), self.link_column[src, dst]
-            part[each, load] += serialise
-            np.maximum(part[:, CLOSED], part[each, load], out=part[:, CLOSED])
-            np.maximum(part[:, STAGE_MAX], serialise, out=part[:, STAGE_MAX])
+        self._send(part, src_tiers[rows], dst, size)
         part[:, STAGES] += 1
         labels[rows] = part
 

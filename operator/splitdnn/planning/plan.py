@@ -94,6 +94,7 @@ def check_stages(problem: Problem, stages: list[Stage], last: int) -> None:
 def evaluate(problem: Problem, stages: list[Stage], exit_index: int | None = None) -> Evaluation:
     """Latency, energy, throughput, memory and violated rules of a plan (contract semantics)."""
     last, result_bytes, head_ms = exit_head(problem, exit_index)
+    head_accuracy = None if exit_index is None else (problem.exits or [])[exit_index].accuracy
     check_stages(problem, stages, last)
     tiers = {tier.name: tier for tier in problem.tiers}
     links = _link_map(problem)
@@ -143,6 +144,12 @@ def evaluate(problem: Problem, stages: list[Stage], exit_index: int | None = Non
     bottleneck = max([load / tiers[name].replicas for name, load in tier_load.items()]
                      + list(link_load.values()))
     violations.extend(_constraint_violations(problem, stages, latency, energy, memory))
+    accuracy = problem.final_accuracy if exit_index is None else head_accuracy
+    bound = problem.constraints.min_accuracy
+    if bound is not None and accuracy is not None and accuracy < bound:
+        what = "the full model" if exit_index is None else f"exit {exit_index}"
+        violations.append(f"constraints.min_accuracy: the accuracy of {what} ({accuracy:g}) "
+                          f"is below {bound}")
     return Evaluation(latency, energy, 1000 / bottleneck if bottleneck > 0 else math.inf,
                       memory, tuple(transfers), tuple(violations))
 

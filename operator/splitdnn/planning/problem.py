@@ -58,6 +58,7 @@ class Constraints(_Strict):
     max_stages: int | None = Field(default=None, ge=1)
     latency_ms: float | None = Field(default=None, ge=0)
     energy_mj: float | None = Field(default=None, ge=0)
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
 
 
 class Exit(_Strict):

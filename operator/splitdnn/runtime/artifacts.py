@@ -136,3 +136,19 @@ def extract_block(model: Path, source: str, layers: tuple[int, int], out: Path,
     if block["file"] != link.name:
         link.symlink_to(block["file"])
     return link
+
+
+EXIT_HEAD_FILE = "exit.onnx"
+
+
+def fetch_exit_head(source: str, sha256: str | None, out: Path) -> Path:
+    """An early-exit head (``https://`` with sha256, ``pvc://`` or a path) copied to
+    ``out/exit.onnx``, its digest checked when one is given."""
+    try:
+        path, _ = fetch_model(source, sha256)
+    except ArtifactError as error:
+        raise ArtifactError(f"exit head: {error}") from error
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / EXIT_HEAD_FILE
+    shutil.copyfile(path, target)
+    return target

@@ -1,7 +1,8 @@
 """The block worker: receive a tensor, run one block, pass the result on.
 
 A worker binds a PULL socket, runs its block in ONNX Runtime (micro-batching requests when
-the block has a free batch dimension), optionally takes an early exit, and PUSHes the result
+the block has a free batch dimension), optionally takes an early exit (always, on a last stage
+with an exit head: the pipeline ends there), and PUSHes the result
 to the next stage (load-balanced over its replicas) or, on the last stage or a taken exit,
 to the reply address in the request. It loads, warms up, then reports ready; a bad message
 becomes an error reply (or a counted drop when it has no usable reply address) and the
@@ -216,9 +217,12 @@ class Worker:
         return [self._maybe_exit(result) for result in results]
 
     def _maybe_exit(self, features: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The head's result when it is confident enough, or always on the last stage (the
+        pipeline ends at this exit: the block's features are no answer)."""
         assert self.exit_head is not None
         logits = self.exit_head.run(features)
-        if bool(np.all(top_probability(logits) >= self.config.exit_threshold)):
+        if self.outbox is None or bool(
+                np.all(top_probability(logits) >= self.config.exit_threshold)):
             return logits, True
         return features, False
 
