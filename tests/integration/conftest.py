@@ -38,6 +38,7 @@ from tests.integration.operators import (
     LocalOperator,
     OperatorProcess,
     install_crds,
+    log_tracebacks,
     running_chart_operators,
     topology_problems,
 )
@@ -219,5 +220,5 @@ def operator(api: Api, cluster: dict[str, Any],
     process.start()
     yield process
     process.stop()
-    output = process.log_path.read_text()
-    assert "Traceback" not in output, output[-4000:]
+    tracebacks = log_tracebacks(process.log_path.read_text())
+    assert not tracebacks, "".join(tracebacks)[-4000:]

@@ -4,12 +4,14 @@
 kubeconfig (the devcluster's, or the ``--cluster`` one); ``InstalledOperator`` is the one the
 Helm chart runs in the cluster (``pytest --cluster --operator=installed``), killed by
 deleting its pod with no grace period and "restarted" by its Deployment. Both collect the
-operator's log so the fixture can check it for tracebacks.
+operator's log so the fixture can check it for tracebacks (``log_tracebacks``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +23,30 @@ import yaml
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Api
+
+# A log record starts with logging's asctime: "2026-11-23 18:36:54,928 ERROR ..." (ours),
+# "[2026-11-23 18:36:54,928] kopf..." (``kopf run``'s).
+RECORD_START = re.compile(r"^\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]? ", re.MULTILINE)
+SHUTDOWN_SIGNAL = "Operator is stopping."
+# kopf (1.44) sometimes leaves its watch stream's async generator suspended when it stops;
+# asyncio then closes it in shutdown_asyncgens and logs this, with a traceback, as an error.
+KOPF_SHUTDOWN_NOISE = ("an error occurred during closing of asynchronous generator "
+                       "<async_generator object infinite_watch")
+
+
+def log_tracebacks(text: str) -> list[str]:
+    """The log records of an operator's log that hold a traceback, but for kopf's known
+    shutdown noise once the operator is stopping."""
+    bounds = [0, *(match.start() for match in RECORD_START.finditer(text)), len(text)]
+    records = [text[a:b] for a, b in itertools.pairwise(bounds) if a < b]
+    stopping = False
+    found: list[str] = []
+    for record in records:
+        if "Traceback" in record and not (stopping and KOPF_SHUTDOWN_NOISE in record):
+            found.append(record)
+        stopping = stopping or SHUTDOWN_SIGNAL in record
+    return found
+
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"

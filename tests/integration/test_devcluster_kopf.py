@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import Api
+from tests.integration.operators import log_tracebacks
 
 WIDGET_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -53,5 +54,5 @@ def test_kopf_operator_handles_create_status_and_finalizer(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-    output = (tmp_path / "kopf.log").read_text()
-    assert "Traceback" not in output, output[-3000:]
+    tracebacks = log_tracebacks((tmp_path / "kopf.log").read_text())
+    assert not tracebacks, "".join(tracebacks)[-3000:]
