@@ -5,6 +5,7 @@ commands behind them (``exit-head``, ``model-facts --exits``, ``fetch-block --ex
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +349,36 @@ def test_measured_accuracies_fill_in_what_the_spec_leaves_unset() -> None:
 
     assert analysis_summary(measured).endswith(
         "1 exit heads; accuracy 0.9 (exits 0.55) on 50 samples of sklearn:digits")
+
+
+@pytest.fixture
+def unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An https base URL on a port nothing listens on (and an empty download cache)."""
+    monkeypatch.setenv("SPLITDNN_CACHE_DIR", str(tmp_path))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return f"https://127.0.0.1:{closed.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("what", "field"), [
+    ("model", "cannot download"), ("head", "spec.exits[0].head: cannot download"),
+    ("dataset", "spec.validation.data: cannot download")])
+def test_model_facts_exit_1_when_the_network_fails_a_download(
+        digits_model: tuple[Path, Path, float], unreachable: str, what: str,
+        field: str) -> None:
+    """Exit 1 is retried by the analysis Job (its podFailurePolicy fails exit 2 at once)."""
+    net, head, _ = digits_model
+    url = f"{unreachable}/{what}"
+    model = [url, "--sha256", "ab" * 32] if what == "model" else [str(net)]
+    exits = {"source": url, "sha256": "ab" * 32} if what == "head" else {"source": str(head)}
+    dataset = ["--validation-data", url, "--validation-sha256", "ab" * 32] \
+        if what == "dataset" else []
+    result = run("model-facts", *model, "--exits",
+                 json.dumps([{"afterLayer": 1, "head": exits}]), *dataset)
+    assert result.exit_code == 1 and field in " ".join(result.output.split()), result.output
+
+
+def test_model_facts_exit_2_on_a_digest_that_does_not_match(
+        digits_model: tuple[Path, Path, float]) -> None:
+    result = run("model-facts", str(digits_model[0]), "--sha256", "ab" * 32)
+    assert result.exit_code == 2 and "does not match" in result.output, result.output

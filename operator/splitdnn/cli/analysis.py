@@ -4,7 +4,8 @@ One JSON line: ``splitdnn inspect``'s analysis, each segment's profiling signatu
 features and the model file's sha256; with ``--exits`` (a DNNService's ``spec.exits``) the
 facts of each early-exit head (the segment it follows, its digest, output and signatures);
 with ``--validation-data`` the top-1 accuracy of the model and of each exit on labelled
-samples (``accuracy``).
+samples (``accuracy``). Exit code 2 is bad input (the Job fails at once), 1 a download the
+network failed (the Job retries).
 """
 
 from __future__ import annotations
@@ -69,8 +70,18 @@ def model_facts(
                 graph, [(facts["after_layer"], head) for facts, head in heads],
                 validation_data, validation_sha256, validation_samples)
     except (ArtifactError, GraphError) as error:
-        fail(str(error))
+        fail(str(error), failure_exit_code(error))
     print(json.dumps(data))
+
+
+def failure_exit_code(error: Exception) -> int:
+    """1 where a retry may cure the failure (a download the network failed: the input may be
+    right), else 2 (bad input: the analysis Job's podFailurePolicy fails it at once)."""
+    from splitdnn.coordination.errors import CoordinationError
+    from splitdnn.runtime.artifacts import ArtifactError, network_failure
+
+    retryable = isinstance(error, ArtifactError | CoordinationError) and network_failure(error)
+    return 1 if retryable else 2
 
 
 def signatures_json(graph: ModelGraph) -> list[Obj]:
@@ -121,7 +132,8 @@ def validation_accuracy(graph: ModelGraph, heads: list[tuple[int, Path]], source
         check_fits(data, sample_shape, int(graph.output.shape[-1]))
         images = adapt_images(data.local.x_test[:samples], sample_shape).numpy()
     except CoordinationError as error:
-        fail(f"spec.validation.data: {str(error).removeprefix('--data: ')}")
+        fail(f"spec.validation.data: {str(error).removeprefix('--data: ')}",
+             failure_exit_code(error))
     labels = data.local.y_test[:samples].numpy()
     measured = measure_accuracy(graph, heads, images, labels)
     return {"source": source, "samples": measured.samples, "model": measured.model,

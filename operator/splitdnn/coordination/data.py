@@ -82,7 +82,7 @@ def load_dataset(reference: str, sha256: str | None = None) -> TaskPair:
 
 def fetch_dataset_file(reference: str, sha256: str | None) -> FilePath:
     """The local copy of a dataset file, fetched as model files are (runtime.artifacts)."""
-    from splitdnn.runtime.artifacts import ArtifactError, fetch_model
+    from splitdnn.runtime.artifacts import ArtifactError, fetch_model, network_failure
 
     if reference.startswith("https://") and sha256 is None:
         raise CoordinationError(f"--data-sha256: the https dataset {reference} needs its sha256")
@@ -90,19 +90,9 @@ def fetch_dataset_file(reference: str, sha256: str | None) -> FilePath:
         return fetch_model(reference, sha256)[0]
     except ArtifactError as error:
         option = "--data-sha256" if "does not match the expected" in str(error) else "--data"
-        if network_failure(error.__cause__):  # not the input: worth a retry
+        if network_failure(error):  # not the input: worth a retry
             raise DatasetUnavailable(f"{option}: {error}") from error
         raise CoordinationError(f"{option}: {error}") from error
-
-
-def network_failure(error: BaseException | None) -> bool:
-    """A download error a retry may cure: no connection, a timeout, a 5xx or 429 answer (a
-    4xx such as 404 is the URL's fault)."""
-    import urllib.error
-
-    if isinstance(error, urllib.error.HTTPError):
-        return error.code >= 500 or error.code == 429
-    return isinstance(error, OSError)
 
 
 def load_file_dataset(reference: str, sha256: str | None = None) -> TaskPair:

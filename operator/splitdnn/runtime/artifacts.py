@@ -60,6 +60,20 @@ def download(url: str, sha256: str, cache: Path | None = None, timeout_s: float 
     return target
 
 
+def network_failure(error: BaseException | None) -> bool:
+    """A download error a retry may cure, anywhere in ``error``'s chain of causes: no
+    connection, a timeout, a 5xx or 429 answer (a 4xx such as 404 is the URL's fault)."""
+    import urllib.error
+
+    while error is not None:
+        if isinstance(error, urllib.error.HTTPError):
+            return error.code >= 500 or error.code == 429
+        if isinstance(error, OSError):
+            return True
+        error = error.__cause__
+    return False
+
+
 def pvc_path(source: str) -> Path:
     """``pvc://CLAIM/PATH`` -> the file under the mounted claim."""
     claim, _, inner = source.removeprefix("pvc://").partition("/")
