@@ -61,8 +61,9 @@ class ModelSpec(ApiModel):
     )
     weights: ArtifactRef | None = Field(
         default=None,
-        description="A state dict for a torchvision model; random weights (fixed seed) when "
-                    "unset.",
+        description="A state dict for a torchvision model (torch.save(model.state_dict()), "
+                    "loaded with weights_only) that the analysis Job and each stage's init "
+                    "container export the model with; random weights (fixed seed) when unset.",
     )
     input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None, min_length=1, max_length=8,

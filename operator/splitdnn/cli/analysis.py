@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from splitdnn.cli.common import app, fail, parse_int_list
+from splitdnn.cli.common import (
+    FetchedWeightsOpt,
+    WeightsSha256Opt,
+    app,
+    fail,
+    parse_int_list,
+)
 
 if TYPE_CHECKING:
     from splitdnn.graph import ModelGraph
@@ -43,6 +49,8 @@ def model_facts(
         "--validation-sha256", help="The dataset file's sha256")] = None,
     validation_samples: Annotated[int, typer.Option(
         "--validation-samples", min=1, help="Most test samples to measure on")] = 500,
+    weights: FetchedWeightsOpt = None,
+    weights_sha256: WeightsSha256Opt = None,
 ) -> None:
     """Print one JSON line: inspect's analysis plus segment signatures and the model digest
     (with --exits each exit's facts, with --validation-data the measured accuracies)."""
@@ -56,7 +64,7 @@ def model_facts(
     except ValueError as error:
         fail(f"--exits: expected a JSON list of exits: {error}")
     try:
-        path, shape = fetch_model(model, sha256, shape)
+        path, shape = fetch_model(model, sha256, shape, weights, weights_sha256)
         graph = analyse_model(path, shape, source=model)
         data = graph.to_dict()
         data["signatures"] = signatures_json(graph)

@@ -26,6 +26,12 @@ stdout = Console(width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Emit one JSON object on stdout")]
+# A torchvision model's state dict where the operator's Jobs and init containers fetch it.
+FetchedWeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", help="State dict of a torchvision model: pvc://CLAIM/PATH, https://... (with "
+                      "--weights-sha256) or a path (default: random weights, seed 0)")]
+WeightsSha256Opt = Annotated[str | None, typer.Option(
+    "--weights-sha256", help="The state dict's sha256 (required for https); a mismatch fails")]
 
 
 def parse_int_list(text: str, option: str) -> list[int]:

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from splitdnn.cli.common import app, fail, parse_int_list
+from splitdnn.cli.common import FetchedWeightsOpt, WeightsSha256Opt, app, fail, parse_int_list
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -70,6 +70,8 @@ def block_digests(
         "--input-shape", help="Comma-separated input shape, e.g. 1,3,224,224")] = None,
     sha256: Annotated[str | None, typer.Option("--sha256", help="The model file's sha256")]
     = None,
+    weights: FetchedWeightsOpt = None,
+    weights_sha256: WeightsSha256Opt = None,
 ) -> None:
     """Print one JSON line: the sha256 of each range's block, as ``fetch-block`` cuts it."""
     from splitdnn.graph import GraphError
@@ -80,7 +82,7 @@ def block_digests(
         fail("--layers: expected at least one FIRST-LAST range")
     shape = tuple(parse_int_list(input_shape, "--input-shape")) if input_shape else None
     try:
-        path, shape = fetch_model(model, sha256, shape)
+        path, shape = fetch_model(model, sha256, shape, weights, weights_sha256)
         digests = block_sha256s(path, model, ranges, shape)
     except (ArtifactError, GraphError) as error:
         fail(str(error))

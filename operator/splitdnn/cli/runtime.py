@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from splitdnn.cli.common import app, fail, stderr, stdout
+from splitdnn.cli.common import FetchedWeightsOpt, WeightsSha256Opt, app, fail, stderr, stdout
 
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", min=1, help="ONNX Runtime intra-op threads (default: ORT's choice)")]
@@ -290,6 +290,8 @@ def fetch_block(
     exit_sha256: Annotated[str | None, typer.Option(
         "--exit-sha256", help="The exit head's sha256 (required for https); a mismatch "
                               "fails")] = None,
+    weights: FetchedWeightsOpt = None,
+    weights_sha256: WeightsSha256Opt = None,
 ) -> None:
     """Fetch a model and write one stage's block, checking digests (a stage pod's init step)."""
     from splitdnn.cli.common import parse_int_list
@@ -306,7 +308,7 @@ def fetch_block(
         fail(f"--layers: expected FIRST,LAST with 0 <= FIRST <= LAST, got {layers!r}")
     shape = tuple(parse_int_list(input_shape, "--input-shape")) if input_shape else None
     try:
-        path, shape = fetch_model(model, sha256, shape)
+        path, shape = fetch_model(model, sha256, shape, weights, weights_sha256)
         block = extract_block(path, model, (bounds[0], bounds[1]), out, shape, block_sha256)
         head = fetch_exit_head(exit_head, exit_sha256, out) if exit_head else None
     except (ArtifactError, GraphError) as error:

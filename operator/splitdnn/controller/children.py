@@ -60,11 +60,23 @@ def model_args(model: Obj) -> list[str]:
     return ["--input-shape", ",".join(str(d) for d in shape)] if shape else []
 
 
+def model_source_args(model: Obj) -> list[str]:
+    """``--sha256`` of the model file and ``--weights``/``--weights-sha256`` of a torchvision
+    model's state dict, as the commands that fetch the model take them."""
+    args = ["--sha256", model["sha256"]] if model.get("sha256") else []
+    weights = model.get("weights")
+    if weights:
+        args += ["--weights", weights["source"]]
+        args += ["--weights-sha256", weights["sha256"]] if weights.get("sha256") else []
+    return args
+
+
 def with_model_claim(pod: Obj, model: Obj, others: list[Obj] | None = None) -> Obj:
-    """For a ``pvc://CLAIM/PATH`` model and ``others`` (exit heads, datasets: anything with
-    a ``source``), mount each claim once, read-only, where ``splitdnn.runtime.artifacts``
-    looks for it (``/mnt/pvc/CLAIM``) in every container."""
-    sources = [str(model.get("source", "")), *(str(other["source"]) for other in others or [])]
+    """For a ``pvc://CLAIM/PATH`` model or weights and ``others`` (exit heads, datasets:
+    anything with a ``source``), mount each claim once, read-only, where
+    ``splitdnn.runtime.artifacts`` looks for it (``/mnt/pvc/CLAIM``) in every container."""
+    artifacts = [model, *([model["weights"]] if model.get("weights") else []), *(others or [])]
+    sources = [str(artifact.get("source", "")) for artifact in artifacts]
     claims = dict.fromkeys(source.removeprefix("pvc://").split("/", 1)[0]
                            for source in sources if source.startswith("pvc://"))
     for number, claim in enumerate(claims):
@@ -108,8 +120,9 @@ def job(name: str, namespace: str, labels: dict[str, str], image: str, args: lis
 
 
 def analysis_key(model: Obj) -> str:
+    weights = model.get("weights")
     return digest(model.get("source"), model.get("sha256"), model.get("inputShape"),
-                  model.get("dtype"))
+                  model.get("dtype"), *([weights] if weights else []))
 
 
 def exits_json(service_spec: Obj) -> str | None:
@@ -146,9 +159,7 @@ def build_analysis_job(service: Obj, image: str) -> Obj:
     spec = service["spec"]
     model = spec["model"]
     meta = service["metadata"]
-    args = ["model-facts", model["source"], *model_args(model)]
-    if model.get("sha256"):
-        args += ["--sha256", model["sha256"]]
+    args = ["model-facts", model["source"], *model_args(model), *model_source_args(model)]
     exits = exits_json(spec)
     if exits:
         args += ["--exits", exits]
@@ -166,9 +177,8 @@ def build_digest_job(service: Obj, image: str, ranges: list[str]) -> Obj:
     layer ranges), cut exactly as a stage's ``fetch-block`` cuts them."""
     model = service["spec"]["model"]
     meta = service["metadata"]
-    args = ["block-digests", model["source"], "--layers", ",".join(ranges), *model_args(model)]
-    if model.get("sha256"):
-        args += ["--sha256", model["sha256"]]
+    args = ["block-digests", model["source"], "--layers", ",".join(ranges), *model_args(model),
+            *model_source_args(model)]
     built = job(f"{meta['name'][:36]}-digests-{digest(analysis_key(model), ranges)}",
                 meta["namespace"], {"splitdnn.io/service": meta["name"],
                                     "splitdnn.io/job": "digests"}, image, args)
@@ -199,7 +209,8 @@ def build_profile_job(service: Obj, hardware_class: str, node: str, image: str,
                 {"splitdnn.io/service": meta["name"], "splitdnn.io/job": "profile",
                  "splitdnn.io/hardware-class": hardware_class},
                 image, args, {"kubernetes.io/hostname": node}, tolerations)
-    with_model_claim(built["spec"]["template"]["spec"], model)
+    # random weights: a segment's time does not depend on their values
+    with_model_claim(built["spec"]["template"]["spec"], {"source": model["source"]})
     if gpu:
         with_gpu_access(built["spec"]["template"]["spec"], config)
     return built
@@ -287,14 +298,9 @@ def fetch_args(stage: Obj, service_spec: Obj) -> list[str]:
     model = service_spec["model"]
     first, last = stage["layers"]
     args = ["fetch-block", "--model", model["source"], "--layers", f"{first},{last}",
-            "--out", BLOCK_DIR]
-    if model.get("sha256"):
-        args += ["--sha256", model["sha256"]]
+            "--out", BLOCK_DIR, *model_source_args(model), *model_args(model)]
     if stage.get("blockSha256"):
         args += ["--block-sha256", stage["blockSha256"]]
-    shape = model.get("inputShape")
-    if shape:
-        args += ["--input-shape", ",".join(str(d) for d in shape)]
     head = stage_exit_head(stage, service_spec)
     if head:
         args += ["--exit-head", head["source"]]

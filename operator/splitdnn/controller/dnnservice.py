@@ -87,10 +87,7 @@ class Reconcile(StatusPass):
 
     def validate(self) -> None:
         errors = validate_manifest(dict(self.body))
-        unsupported = [("spec.model.weights", "weights are not fetched by the operator yet; "
-                        "use random weights or an ONNX file")] if self.spec["model"].get(
-                        "weights") else []
-        messages = [str(e) for e in errors] + [f"{path}: {text}" for path, text in unsupported]
+        messages = [str(e) for e in errors]
         if messages:
             raise self.stall("InvalidSpec", "; ".join(messages))
 
@@ -128,8 +125,9 @@ class Reconcile(StatusPass):
             analysis: Obj = json.loads(stored["data"]["analysis.json"])
         else:
             image = (self.spec.get("runtime") or {}).get("image") or self.config.image_cpu
-            field = " or ".join(["spec.model.source"] + [f"spec.{name}" for name in (
-                "exits", "validation") if self.spec.get(name)])
+            field = " or ".join(
+                ["spec.model.source"] + ["spec.model.weights"] * bool(model.get("weights"))
+                + [f"spec.{name}" for name in ("exits", "validation") if self.spec.get(name)])
             result = self.run_job(children.build_analysis_job(self.body, image), "analysis",
                                   field)
             if result is None:

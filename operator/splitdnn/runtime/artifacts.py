@@ -5,7 +5,8 @@ What a stage pod's init container runs (``splitdnn fetch-block``): the model com
 once into the cache and checked against the required sha256) or ``pvc://CLAIM/PATH`` (the
 claim mounted under ``$SPLITDNN_PVC_ROOT``, default ``/mnt/pvc``); the block for the stage's
 layer range is cut out and its digest compared with the plan's, so that a pod never serves a
-block other than the one that was planned.
+block other than the one that was planned. A torchvision model's state dict (``weights``) is
+fetched the same ways as a file and exported with the model.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def _check_digest(path: Path, expected: str | None, what: str) -> None:
         raise ArtifactError(f"{what}: sha256 {actual} does not match the expected {expected}")
 
 
-def download(url: str, sha256: str, cache: Path | None = None, timeout_s: float = 300) -> Path:
-    """An https model, downloaded once into the cache and verified against ``sha256``."""
-    target = (cache or cache_dir()) / "downloads" / f"{sha256.lower()}.onnx"
+def download(url: str, sha256: str, cache: Path | None = None, timeout_s: float = 300,
+             suffix: str = ".onnx") -> Path:
+    """An https file, downloaded once into the cache and verified against ``sha256``."""
+    target = (cache or cache_dir()) / "downloads" / f"{sha256.lower()}{suffix}"
     if target.is_file():
         _check_digest(target, sha256, url)
         return target
@@ -86,23 +88,38 @@ def pvc_path(source: str) -> Path:
 
 
 def fetch_model(source: str, sha256: str | None = None,
-                input_shape: tuple[int, ...] | None = None,
-                ) -> tuple[Path, tuple[int, ...] | None]:
+                input_shape: tuple[int, ...] | None = None, weights: str | None = None,
+                weights_sha256: str | None = None) -> tuple[Path, tuple[int, ...] | None]:
     """A local ONNX file for a model source (its digest checked when one is given) and the
-    input shape to analyse it at (torchvision exports keep a symbolic batch)."""
+    input shape to analyse it at (torchvision exports keep a symbolic batch); a torchvision
+    model exported with the state dict at ``weights`` (fetched as :func:`fetch_file` does)."""
+    if source.startswith(("https://", "http://", "pvc://")):
+        if weights is not None:
+            raise ArtifactError("--weights: applies only to torchvision:NAME models")
+        return fetch_file(source, sha256), input_shape
+    try:
+        weights_path = fetch_file(weights, weights_sha256, ".pt") if weights else None
+    except ArtifactError as error:
+        raise ArtifactError(f"weights: {error}") from error
+    resolved = resolve_model(source, input_shape=input_shape, weights=weights_path)
+    _check_digest(resolved.onnx_path, sha256, source)
+    return resolved.onnx_path, resolved.input_shape
+
+
+def fetch_file(source: str, sha256: str | None, suffix: str = ".onnx") -> Path:
+    """A local file for ``https://`` (downloaded once, ``sha256`` required),
+    ``pvc://CLAIM/PATH`` or a path, its digest checked when one is given."""
     if source.startswith("https://"):
         if sha256 is None:
-            raise ArtifactError(f"{source}: an https model needs its sha256")
-        return download(source, sha256), input_shape
+            raise ArtifactError(f"{source}: an https file needs its sha256")
+        return download(source, sha256, suffix=suffix)
     if source.startswith("http://"):
         raise ArtifactError(f"{source}: plain http is not accepted, use https:// with sha256")
-    if source.startswith("pvc://"):
-        path = pvc_path(source)
-    else:
-        resolved = resolve_model(source, input_shape=input_shape)
-        path, input_shape = resolved.onnx_path, resolved.input_shape
+    path = pvc_path(source) if source.startswith("pvc://") else Path(source)
+    if not path.is_file():
+        raise ArtifactError(f"{source}: no such file")
     _check_digest(path, sha256, source)
-    return path, input_shape
+    return path
 
 
 def _cut_block(graph: ModelGraph, layers: tuple[int, int], work: Path) -> dict[str, Any]:
