@@ -123,6 +123,14 @@ def test_what_the_job_cannot_do_is_refused_naming_the_field(spec: dict[str, Any]
     assert error.value.field == field and str(error.value).startswith(field)
 
 
+def test_a_service_with_its_own_weights_cannot_be_linked() -> None:
+    weighted = service("big")
+    weighted["spec"]["model"]["weights"] = {"source": "pvc://weights/r18.pt"}
+    with pytest.raises(xc.CrossLinkSpecError, match="spec.model.weights") as error:
+        xc.training_args(crosslink()["spec"], service("small"), weighted)
+    assert error.value.field == "spec.hostService"
+
+
 def test_links_configmap_holds_the_onnx_bytes_and_their_digests() -> None:
     cm = xc.build_links_configmap(crosslink(), result(100, 200), "k1")
     assert set(cm["binaryData"]) == {"entry.onnx", "exit.onnx"}

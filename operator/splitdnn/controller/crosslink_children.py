@@ -47,13 +47,17 @@ def shape_text(service: Obj) -> str | None:
 
 
 def model_source(service: Obj, field: str) -> str:
-    """A service's model as code-train takes it: torchvision models only (links are trained
-    through torch modules)."""
+    """A service's model as code-train takes it: torchvision models with their random weights
+    only (links are trained through torch modules built here)."""
     source = str(service["spec"]["model"]["source"])
     if not source.startswith(TORCHVISION):
         raise CrossLinkSpecError(field, f"DNNService {service['metadata']['name']} serves "
                                         f"{source}; CoDE trains links through torch modules, "
                                         "so only torchvision:NAME models can be linked")
+    if service["spec"]["model"].get("weights"):
+        raise CrossLinkSpecError(field, f"DNNService {service['metadata']['name']} serves "
+                                        "its own spec.model.weights; CoDE trains links through "
+                                        "the model's random weights, so it cannot be linked")
     return source
 
 
