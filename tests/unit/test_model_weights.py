@@ -158,3 +158,16 @@ def test_new_weights_mean_a_new_analysis_and_new_stage_pods() -> None:
     stage = PLAN["spec"]["stages"][0]
     revisions = {children.stage_revision(s, stage) for s in (plain, spec, other)}
     assert len(keys) == 3 and len(revisions) == 3
+
+
+def test_a_model_file_with_other_weights_is_another_planning_problem() -> None:
+    """The plan's block digests are the file's: same shapes, other weights must replan."""
+    from splitdnn.controller.dnnservice import problem_hash
+    from splitdnn.controller.planner import PlanTier, build_problem
+    from tests.unit.test_controller import ANALYSIS, costs
+
+    tiers = [PlanTier("edge", "jetson", {})]
+    problem = build_problem(ANALYSIS, tiers, {"jetson": costs(1, 1, 1)},
+                            {"source": {"tier": "edge"}}, (100.0, 2.0))
+    hashes = {problem_hash(problem, {**ANALYSIS, "model_digest": d}) for d in "ab"}
+    assert len(hashes) == 2

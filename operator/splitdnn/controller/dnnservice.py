@@ -327,7 +327,7 @@ class Reconcile(StatusPass):
         annotations = (current or {}).get("metadata", {}).get("annotations") or {}
         manual = (self.spec.get("replan") or {}).get("mode") == "Manual"
         same_generation = annotations.get(GENERATION_ANNOTATION) == str(self.generation)
-        if current and (annotations.get(PROBLEM_ANNOTATION) == problem_hash(problem)
+        if current and (annotations.get(PROBLEM_ANNOTATION) == problem_hash(problem, analysis)
                         or (manual and same_generation)):
             self.follow_drift(current, analysis, tiers, costs, links, scale)
             return self.name
@@ -370,7 +370,7 @@ class Reconcile(StatusPass):
                          "labels": {**children.MANAGED_BY, "splitdnn.io/service": self.name},
                          "annotations": {**{k: v for k, v in annotations.items()
                                             if k in PLAN_ANNOTATIONS},
-                                         PROBLEM_ANNOTATION: problem_hash(problem)}},
+                                         PROBLEM_ANNOTATION: problem_hash(problem, analysis)}},
             "spec": current["spec"]}, self.body))
         self.step("Planned", True, "Kept",
                   f"the planning problem changed; the best new plan ({objective} "
@@ -401,7 +401,7 @@ class Reconcile(StatusPass):
         digests = self.block_digests(analysis, [stage["layers"] for stage in spec["stages"]])
         for stage in spec["stages"]:
             stage["blockSha256"] = digests[range_key(stage["layers"])]
-        annotations = {PROBLEM_ANNOTATION: problem_hash(problem),
+        annotations = {PROBLEM_ANNOTATION: problem_hash(problem, analysis),
                        GENERATION_ANNOTATION: str(self.generation),
                        PLANNED_AT_ANNOTATION: f"{time.time():.0f}"}
         if scale:
@@ -546,8 +546,11 @@ def analysis_summary(analysis: Obj) -> str:
     return text
 
 
-def problem_hash(problem: Problem) -> str:
-    return children.digest(problem.model_dump(mode="json"), length=16)
+def problem_hash(problem: Problem, analysis: Obj) -> str:
+    """The planning problem and the model file it was made for: a plan's block digests are
+    that file's, so another file of the same shapes (new weights) is another problem."""
+    return children.digest(problem.model_dump(mode="json"), analysis.get("model_digest"),
+                           length=16)
 
 
 def range_key(layers: list[int]) -> str:
