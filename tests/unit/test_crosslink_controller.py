@@ -126,7 +126,7 @@ def test_what_the_job_cannot_do_is_refused_naming_the_field(spec: dict[str, Any]
 def test_a_service_with_its_own_weights_cannot_be_linked() -> None:
     weighted = service("big")
     weighted["spec"]["model"]["weights"] = {"source": "pvc://weights/r18.pt"}
-    with pytest.raises(xc.CrossLinkSpecError, match="spec.model.weights") as error:
+    with pytest.raises(xc.CrossLinkSpecError, match=r"spec\.model\.weights") as error:
         xc.training_args(crosslink()["spec"], service("small"), weighted)
     assert error.value.field == "spec.hostService"
 
