@@ -378,6 +378,14 @@ def test_model_facts_exit_1_when_the_network_fails_a_download(
     assert result.exit_code == 1 and field in " ".join(result.output.split()), result.output
 
 
+@pytest.mark.parametrize("command", [["block-digests", "--layers", "0-1"],
+                                     ["profile", "--out", "p.json"]])
+def test_the_other_jobs_exit_1_when_the_network_fails_the_model(
+        unreachable: str, command: list[str]) -> None:
+    result = run(command[0], f"{unreachable}/model.onnx", *command[1:], "--sha256", "ab" * 32)
+    assert result.exit_code == 1 and "cannot download" in result.output, result.output
+
+
 def test_model_facts_exit_2_on_a_digest_that_does_not_match(
         digits_model: tuple[Path, Path, float]) -> None:
     result = run("model-facts", str(digits_model[0]), "--sha256", "ab" * 32)

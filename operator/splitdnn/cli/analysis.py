@@ -21,6 +21,7 @@ from splitdnn.cli.common import (
     WeightsSha256Opt,
     app,
     fail,
+    failure_exit_code,
     parse_int_list,
 )
 
@@ -80,16 +81,6 @@ def model_facts(
     except (ArtifactError, GraphError) as error:
         fail(str(error), failure_exit_code(error))
     print(json.dumps(data))
-
-
-def failure_exit_code(error: Exception) -> int:
-    """1 where a retry may cure the failure (a download the network failed: the input may be
-    right), else 2 (bad input: the analysis Job's podFailurePolicy fails it at once)."""
-    from splitdnn.coordination.errors import CoordinationError
-    from splitdnn.runtime.artifacts import ArtifactError, network_failure
-
-    retryable = isinstance(error, ArtifactError | CoordinationError) and network_failure(error)
-    return 1 if retryable else 2
 
 
 def signatures_json(graph: ModelGraph) -> list[Obj]:

@@ -1,7 +1,8 @@
 """Shared pieces of the ``splitdnn`` command line: the typer app, consoles and error exits.
 
-Exit codes: 0 success, 1 a check failed (``verify`` above tolerance), 2 bad input (unknown
-model, invalid cut, malformed option) with a message on stderr naming what was wrong.
+Exit codes: 0 success, 1 a check failed (``verify`` above tolerance) or a download the network
+failed (a retry may help: the operator's Jobs retry it), 2 bad input (unknown model, invalid
+cut, malformed option) with a message on stderr naming what was wrong.
 Each area of the product registers its commands on ``app`` from its own module in this
 package; ``splitdnn.cli`` imports them all.
 """
@@ -32,6 +33,16 @@ FetchedWeightsOpt = Annotated[str | None, typer.Option(
                       "--weights-sha256) or a path (default: random weights, seed 0)")]
 WeightsSha256Opt = Annotated[str | None, typer.Option(
     "--weights-sha256", help="The state dict's sha256 (required for https); a mismatch fails")]
+
+
+def failure_exit_code(error: Exception) -> int:
+    """1 where a retry may cure the failure (a download the network failed: the input may be
+    right), else 2 (bad input: the operator Jobs' podFailurePolicy fails them at once)."""
+    from splitdnn.coordination.errors import CoordinationError
+    from splitdnn.runtime.artifacts import ArtifactError, network_failure
+
+    retryable = isinstance(error, ArtifactError | CoordinationError) and network_failure(error)
+    return 1 if retryable else 2
 
 
 def parse_int_list(text: str, option: str) -> list[int]:

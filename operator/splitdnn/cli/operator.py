@@ -18,7 +18,14 @@ from typing import Annotated
 
 import typer
 
-from splitdnn.cli.common import FetchedWeightsOpt, WeightsSha256Opt, app, fail, parse_int_list
+from splitdnn.cli.common import (
+    FetchedWeightsOpt,
+    WeightsSha256Opt,
+    app,
+    fail,
+    failure_exit_code,
+    parse_int_list,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -85,7 +92,7 @@ def block_digests(
         path, shape = fetch_model(model, sha256, shape, weights, weights_sha256)
         digests = block_sha256s(path, model, ranges, shape)
     except (ArtifactError, GraphError) as error:
-        fail(str(error))
+        fail(str(error), failure_exit_code(error))
     print(json.dumps({"blocks": {f"{a}-{b}": digests[(a, b)] for a, b in ranges}}))
 
 

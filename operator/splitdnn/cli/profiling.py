@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from splitdnn.cli.common import JsonOpt, app, fail, stderr, stdout
+from splitdnn.cli.common import JsonOpt, app, fail, failure_exit_code, stderr, stdout
 from splitdnn.cli.graph import InputShapeOpt, ModelArg, WeightsOpt, load_graph, user_errors
 
 SIZES_DEFAULT = "1KB..64MB"
@@ -101,7 +101,7 @@ def fetched_model(model: str, sha256: str | None) -> str:
     try:
         return str(fetch_model(model, sha256)[0])
     except ArtifactError as error:
-        raise fail(f"MODEL: {error}") from error
+        raise fail(f"MODEL: {error}", failure_exit_code(error)) from error
 
 
 def _progress_bar() -> Progress:
