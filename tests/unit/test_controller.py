@@ -410,13 +410,8 @@ def test_a_drift_replan_moves_work_off_the_slow_class() -> None:
 
 
 def test_plan_annotations_round_trip() -> None:
-    from splitdnn.controller.dnnservice import (
-        SCALE_ANNOTATION,
-        format_time,
-        parse_time,
-        planned_at,
-        stored_scale,
-    )
+    from splitdnn.controller.conditions import format_time, parse_time
+    from splitdnn.controller.dnnservice import SCALE_ANNOTATION, planned_at, stored_scale
 
     plan = {"metadata": {"annotations": {SCALE_ANNOTATION: json.dumps(
         {"model": "k1", "classes": {"jetson": 2.5}})}, "creationTimestamp": format_time(100.0)}}

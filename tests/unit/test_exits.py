@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from splitdnn.cli import app
+from splitdnn.cli.common import TEMPORARY_FAILURE
 from splitdnn.controller import children
 from splitdnn.controller.config import OperatorConfig
 from splitdnn.controller.planner import PlanTier, build_problem, placement, plan_spec
@@ -363,10 +364,11 @@ def unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.mark.parametrize(("what", "field"), [
     ("model", "cannot download"), ("head", "spec.exits[0].head: cannot download"),
     ("dataset", "spec.validation.data: cannot download")])
-def test_model_facts_exit_1_when_the_network_fails_a_download(
+def test_model_facts_exit_75_when_the_network_fails_a_download(
         digits_model: tuple[Path, Path, float], unreachable: str, what: str,
         field: str) -> None:
-    """Exit 1 is retried by the analysis Job (its podFailurePolicy fails exit 2 at once)."""
+    """Exit 75 (EX_TEMPFAIL) is retried by the analysis Job and then by the operator (its
+    podFailurePolicy fails exit 2 at once)."""
     net, head, _ = digits_model
     url = f"{unreachable}/{what}"
     model = [url, "--sha256", "ab" * 32] if what == "model" else [str(net)]
@@ -375,15 +377,17 @@ def test_model_facts_exit_1_when_the_network_fails_a_download(
         if what == "dataset" else []
     result = run("model-facts", *model, "--exits",
                  json.dumps([{"afterLayer": 1, "head": exits}]), *dataset)
-    assert result.exit_code == 1 and field in " ".join(result.output.split()), result.output
+    assert result.exit_code == TEMPORARY_FAILURE, result.output
+    assert field in " ".join(result.output.split()), result.output
 
 
 @pytest.mark.parametrize("command", [["block-digests", "--layers", "0-1"],
                                      ["profile", "--out", "p.json"]])
-def test_the_other_jobs_exit_1_when_the_network_fails_the_model(
+def test_the_other_jobs_exit_75_when_the_network_fails_the_model(
         unreachable: str, command: list[str]) -> None:
     result = run(command[0], f"{unreachable}/model.onnx", *command[1:], "--sha256", "ab" * 32)
-    assert result.exit_code == 1 and "cannot download" in result.output, result.output
+    assert result.exit_code == TEMPORARY_FAILURE, result.output
+    assert "cannot download" in result.output, result.output
 
 
 def test_model_facts_exit_2_on_a_digest_that_does_not_match(

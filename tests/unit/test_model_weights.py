@@ -96,7 +96,7 @@ def test_the_weights_change_the_model_digest(weights: list[str]) -> None:
      "weights: pvc://weights/r18.pt: sha256"),
     (["--weights", "pvc://weights/missing.pt"], 2, "weights: pvc://weights/missing.pt"),
     (["--weights", "pvc://weights/fc.pt"], 2, "does not fit torchvision:resnet18"),
-    (["--weights", "UNREACHABLE/r18.pt", "--weights-sha256", "ab" * 32], 1,
+    (["--weights", "UNREACHABLE/r18.pt", "--weights-sha256", "ab" * 32], 75,
      "weights: cannot download"),
 ])
 def test_weights_that_cannot_be_used_fail_the_analysis_saying_why(

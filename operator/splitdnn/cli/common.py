@@ -1,8 +1,9 @@
 """Shared pieces of the ``splitdnn`` command line: the typer app, consoles and error exits.
 
-Exit codes: 0 success, 1 a check failed (``verify`` above tolerance) or a download the network
-failed (a retry may help: the operator's Jobs retry it), 2 bad input (unknown model, invalid
-cut, malformed option) with a message on stderr naming what was wrong.
+Exit codes: 0 success, 1 a check failed (``verify`` above tolerance), 2 bad input (unknown
+model, invalid cut, malformed option) with a message on stderr naming what was wrong, 75
+(sysexits' EX_TEMPFAIL) a download the network failed: the input may be right and a retry may
+help (the operator runs such a Job again later instead of stalling).
 Each area of the product registers its commands on ``app`` from its own module in this
 package; ``splitdnn.cli`` imports them all.
 """
@@ -27,6 +28,7 @@ stdout = Console(width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Emit one JSON object on stdout")]
+TEMPORARY_FAILURE = 75  # sysexits' EX_TEMPFAIL; controller.status_pass reads it from Job pods
 # A torchvision model's state dict where the operator's Jobs and init containers fetch it.
 FetchedWeightsOpt = Annotated[str | None, typer.Option(
     "--weights", help="State dict of a torchvision model: pvc://CLAIM/PATH, https://... (with "
@@ -36,13 +38,14 @@ WeightsSha256Opt = Annotated[str | None, typer.Option(
 
 
 def failure_exit_code(error: Exception) -> int:
-    """1 where a retry may cure the failure (a download the network failed: the input may be
-    right), else 2 (bad input: the operator Jobs' podFailurePolicy fails them at once)."""
+    """``TEMPORARY_FAILURE`` where a retry may cure the failure (a download the network failed:
+    the input may be right), else 2 (bad input: the operator Jobs' podFailurePolicy fails
+    them at once)."""
     from splitdnn.coordination.errors import CoordinationError
     from splitdnn.runtime.artifacts import ArtifactError, network_failure
 
     retryable = isinstance(error, ArtifactError | CoordinationError) and network_failure(error)
-    return 1 if retryable else 2
+    return TEMPORARY_FAILURE if retryable else 2
 
 
 def parse_int_list(text: str, option: str) -> list[int]:

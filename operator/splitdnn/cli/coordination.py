@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from splitdnn.cli.common import JsonOpt, app, fail, stdout
+from splitdnn.cli.common import JsonOpt, app, fail, failure_exit_code, stdout
 
 if TYPE_CHECKING:
     from splitdnn.coordination.export import LinkArtifact
@@ -46,12 +46,10 @@ def data_sha256(text: str | None) -> str | None:
 
 
 def coordination_failure(error: Exception) -> typer.Exit:
-    """Exit 2 naming the option for bad input; 1 when a dataset could not be fetched (the
-    input may be right, so a Job retries)."""
-    from splitdnn.coordination.errors import DatasetUnavailable
-
-    code = 1 if isinstance(error, DatasetUnavailable) else 2
-    return fail(str(error).replace("s: offloaded", "--s: offloaded", 1), code)
+    """Exit 2 naming the option for bad input; 75 (``TEMPORARY_FAILURE``) when a dataset
+    could not be fetched (the input may be right: the Job and then the operator retry)."""
+    return fail(str(error).replace("s: offloaded", "--s: offloaded", 1),
+                failure_exit_code(error))
 
 
 def search_json(result: SearchResult) -> dict[str, object]:

@@ -18,6 +18,23 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_time(when: float | None) -> str | None:
+    """``when`` (seconds since the epoch) as RFC 3339, as ``now`` writes it."""
+    if when is None:
+        return None
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time (as ``now`` writes it); None if unreadable."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def set_condition(conditions: list[Condition] | None, type_: str, status: bool | None,
                   reason: str, message: str = "", generation: int | None = None
                   ) -> list[Condition]:

@@ -140,6 +140,9 @@ class Reconcile(StatusPass):
         if state == "Failed":
             tail = output.strip().splitlines()[-3:]
             message = f"training job {name} failed: {' | '.join(tail) or 'no output'}"
+            if self.failed_temporarily(existing):
+                self.step("LinksTrained", None, "DownloadFailed", message)
+                raise self.retry_later(existing, "DownloadFailed", message)
             self.step("LinksTrained", False, "TrainingFailed", message)
             raise self.stall("TrainingFailed", f"{failed_field(output, local_model)}: {message}")
         if state is None:

@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import time
-from datetime import UTC, datetime
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -104,9 +103,11 @@ class Reconcile(StatusPass):
         state, output = self.job_output(existing)
         if state == "Failed":
             tail = output.strip().splitlines()[-3:]
-            raise self.stall(f"{what.title().replace(' ', '')}Failed",
-                             f"{field}: {what} job {job['metadata']['name']} "
-                             f"failed: {' | '.join(tail) or 'no output'}")
+            message = (f"{field}: {what} job {job['metadata']['name']} failed: "
+                       f"{' | '.join(tail) or 'no output'}")
+            if self.failed_temporarily(existing):
+                raise self.retry_later(existing, "DownloadFailed", message)
+            raise self.stall(f"{what.title().replace(' ', '')}Failed", message)
         if state is None:
             return None
         line = next((ln for ln in reversed(output.splitlines()) if ln.startswith("{")), None)
@@ -459,8 +460,9 @@ class Reconcile(StatusPass):
                 "latencyMs"),
             measured_ms=(plan_status.get("measured") or {}).get("latencyMs") if serving
             else None,
-            planned_at=planned_at(current), since=parse_time(previous.get("since")),
-            checked_at=parse_time(previous.get("checkedAt")))
+            planned_at=planned_at(current),
+            since=conditions.parse_time(previous.get("since")),
+            checked_at=conditions.parse_time(previous.get("checkedAt")))
         decision = drift.decide(policy, seen)
         since, checked, message = decision.since, seen.checked_at, decision.message
         if decision.action is drift.Action.EVALUATE:
@@ -469,7 +471,7 @@ class Reconcile(StatusPass):
             since, checked = (None, None) if replanned else (since, seen.now)
         self.status["drift"] = {
             "percent": None if decision.percent is None else round(decision.percent, 1),
-            "since": format_time(since), "checkedAt": format_time(checked),
+            "since": conditions.format_time(since), "checkedAt": conditions.format_time(checked),
             "message": message[:1024]}
 
     def replan_for_drift(self, current: Obj, analysis: Obj, tiers: list[PlanTier],
@@ -569,21 +571,6 @@ def stored_scale(plan: Obj | None, model_key: str) -> dict[str, float]:
         return {}
 
 
-def parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def format_time(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def planned_at(plan: Obj) -> float:
     """When a plan was written: its annotation, else its creation."""
     meta = plan.get("metadata") or {}
@@ -593,7 +580,7 @@ def planned_at(plan: Obj) -> float:
             return float(stamp)
         except ValueError:
             pass
-    return parse_time(meta.get("creationTimestamp")) or 0.0
+    return conditions.parse_time(meta.get("creationTimestamp")) or 0.0
 
 
 def runnable(plan: Obj, tiers: list[PlanTier]) -> bool:

@@ -1,9 +1,11 @@
 """What one reconcile pass over a DNNService or CrossLink shares: the object, its conditions,
-the status fields it collects, how a wait or a stall is written before it is raised, and
-reading a finished Job's result from its pod's log."""
+the status fields it collects, how a wait or a stall is written before it is raised, reading
+a finished Job's result from its pod's log, and running again, after a pause, a Job that
+failed only because a download failed on the network."""
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 import kopf
@@ -12,6 +14,11 @@ from splitdnn.controller import conditions
 from splitdnn.controller.config import OperatorConfig
 from splitdnn.controller.events import Stalled, Waiting, warn_once
 from splitdnn.controller.kube import Kube, Obj
+
+# What a Job's container exits with when a download failed on the network (sysexits'
+# EX_TEMPFAIL; twin of splitdnn.cli.common.TEMPORARY_FAILURE): the input may be right.
+TEMPORARY_FAILURE_EXIT = 75
+JOB_RETRY_SECONDS = 60.0  # after such a failure, before the Job runs again
 
 
 class StatusPass:
@@ -59,7 +66,35 @@ class StatusPass:
                       and c.get("status") == "True"), None)
         if state is None:
             return None, ""
-        pods = self.kube.list("Pod", self.namespace, f"job-name={job['metadata']['name']}")
-        pods.sort(key=lambda p: (p.get("status") or {}).get("phase") == "Succeeded")
+        pods = self.job_pods(job)
         return state, self.kube.pod_log(self.namespace, pods[-1]["metadata"]["name"]) \
             if pods else ""
+
+    def job_pods(self, job: Obj) -> list[Obj]:
+        """The Job's pods, the newest last, a succeeded one after all."""
+        pods = self.kube.list("Pod", self.namespace, f"job-name={job['metadata']['name']}")
+        return sorted(pods, key=lambda p: ((p.get("status") or {}).get("phase") == "Succeeded",
+                                           p["metadata"].get("creationTimestamp") or ""))
+
+    def failed_temporarily(self, job: Obj) -> bool:
+        """Whether the failed Job's last pod exited with ``TEMPORARY_FAILURE_EXIT``."""
+        pods = self.job_pods(job)
+        statuses = (pods[-1].get("status") or {}).get("containerStatuses") or [] if pods else []
+        return any(((status.get("state") or {}).get("terminated") or {}).get("exitCode")
+                   == TEMPORARY_FAILURE_EXIT for status in statuses)
+
+    def retry_later(self, job: Obj, reason: str, message: str) -> Waiting:
+        """Reconciling with ``reason`` while a Job that failed temporarily waits
+        ``JOB_RETRY_SECONDS`` from its failure; then it is deleted so the pass starts it
+        again. The caller raises what this returns."""
+        failed = conditions.get_condition((job.get("status") or {}).get("conditions"),
+                                          "Failed") or {}
+        since = time.time() - (conditions.parse_time(failed.get("lastTransitionTime"))
+                               or time.time())
+        if since < JOB_RETRY_SECONDS:
+            return self.wait(reason, f"{message}; running it again in "
+                                     f"{JOB_RETRY_SECONDS - since:.0f} s")
+        self.kube.delete("Job", self.namespace, job["metadata"]["name"])
+        kopf.info(self.event_target, reason="JobRetried",
+                  message=f"{job['metadata']['name']}: running it again")
+        return self.wait(reason, f"{message}; running it again")
