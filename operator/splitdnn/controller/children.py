@@ -120,7 +120,7 @@ def job(name: str, namespace: str, labels: dict[str, str], image: str, args: lis
 
 
 def analysis_key(model: Obj) -> str:
-    weights = model.get("weights")
+    weights = model.get("weights")  # only when set: keys of models without stay as they were
     return digest(model.get("source"), model.get("sha256"), model.get("inputShape"),
                   model.get("dtype"), *([weights] if weights else []))
 

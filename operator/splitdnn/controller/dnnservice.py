@@ -126,9 +126,11 @@ class Reconcile(StatusPass):
             analysis: Obj = json.loads(stored["data"]["analysis.json"])
         else:
             image = (self.spec.get("runtime") or {}).get("image") or self.config.image_cpu
-            field = " or ".join(
-                ["spec.model.source"] + ["spec.model.weights"] * bool(model.get("weights"))
-                + [f"spec.{name}" for name in ("exits", "validation") if self.spec.get(name)])
+            inputs = {"spec.model.weights": model.get("weights"),
+                      "spec.exits": self.spec.get("exits"),
+                      "spec.validation": self.spec.get("validation")}
+            field = " or ".join(["spec.model.source", *(name for name, given in inputs.items()
+                                                        if given)])
             result = self.run_job(children.build_analysis_job(self.body, image), "analysis",
                                   field)
             if result is None:

@@ -89,8 +89,8 @@ class StatusPass:
         again. The caller raises what this returns."""
         failed = conditions.get_condition((job.get("status") or {}).get("conditions"),
                                           "Failed") or {}
-        since = time.time() - (conditions.parse_time(failed.get("lastTransitionTime"))
-                               or time.time())
+        now = time.time()
+        since = now - (conditions.parse_time(failed.get("lastTransitionTime")) or now)
         if since < JOB_RETRY_SECONDS:
             return self.wait(reason, f"{message}; running it again in "
                                      f"{JOB_RETRY_SECONDS - since:.0f} s")
